@@ -8,7 +8,7 @@ the old bank and returns a new one; none differentiates through the encoder
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def momentum_update(bank: jax.Array, z: jax.Array, idx: jax.Array,
 
 
 def grad_update(bank: jax.Array, z: jax.Array, g: jax.Array, *, lr: float,
-                temperature: float) -> jax.Array:
+                temperature: float, axis_name: Optional[str] = None) -> jax.Array:
   """The gradient rule: one SGD step on the bank, then row normalisation.
 
   V' = normalize_rows(V - lr * G^T Z / (B * tau))
@@ -80,6 +80,10 @@ def grad_update(bank: jax.Array, z: jax.Array, g: jax.Array, *, lr: float,
     g: [B, N] per-sample logit gradients from `logit_grad`.
     lr: eta_V >= 0, the bank learning rate.
     temperature: tau > 0, the temperature the logits were computed with.
+    axis_name: inside pmap, the data axis. Each replica passes its local z and
+      g; the [N, d] products G^T Z are summed over the axis (and B becomes the
+      global batch), so every replica applies the identical global update
+      without gathering a [B_global, N] gradient.
 
   Returns:
     [N, d] new bank, same dtype as `bank`.
@@ -98,7 +102,11 @@ def grad_update(bank: jax.Array, z: jax.Array, g: jax.Array, *, lr: float,
   grad = jax.lax.dot_general(
       g.astype(jnp.float32), z.astype(jnp.float32), (((0,), (0,)), ((), ())),
       preferred_element_type=jnp.float32)
-  scale = jnp.asarray(lr, jnp.float32) / (z.shape[0] * jnp.asarray(temperature, jnp.float32))
+  batch = z.shape[0]
+  if axis_name is not None:
+    grad = jax.lax.psum(grad, axis_name)
+    batch = jax.lax.psum(batch, axis_name)
+  scale = jnp.asarray(lr, jnp.float32) / (batch * jnp.asarray(temperature, jnp.float32))
   new = bank.astype(jnp.float32) - scale * grad
   return normalize_rows(new).astype(bank.dtype)
 

@@ -1,0 +1,102 @@
+"""Defaults shared by every config: the method of METHOD.md on CIFAR-10, ResNet-18.
+
+Other configs import this and override a few fields. Every field can be
+overridden on the command line, e.g. `--config.loss.kl_weight=0.5`.
+"""
+
+import os
+
+import ml_collections
+
+# The shared CIFAR-10 JPEG archive beside a checkout of this repository.
+SHARED_CIFAR10 = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+    "cifar10-jpeg.tar.gz"))
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def cifar10_source() -> tuple[str, str]:
+  """(source, reason): the shared archive when present, else TFDS cifar10."""
+  if os.path.exists(SHARED_CIFAR10):
+    return f"folder:{SHARED_CIFAR10}", "the shared CIFAR-10 JPEG archive exists"
+  return "tfds:cifar10", f"{SHARED_CIFAR10} not found, so TFDS cifar10 (downloads once)"
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.method = "ours"
+
+  config.data = ml_collections.ConfigDict()
+  source, reason = cifar10_source()
+  config.data.source = source
+  config.data.source_reason = reason
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+  config.data.image_size = 32
+  config.data.mean = CIFAR_MEAN
+  config.data.std = CIFAR_STD
+  config.data.fraction = 1.0        # fixed seeded subset of the training split
+  config.data.test_fraction = 1.0   # of the test split, for quick CPU runs only
+  config.data.subset_seed = 0
+  config.data.cache_dir = "~/.cache/ssl_jax"  # decoded folder sources ("" to disable)
+  config.data.skip_corrupt = False
+  config.data.tfds_data_dir = ""
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet18"
+  config.model.stem = "cifar"
+  config.model.width = 1.0
+  config.model.embed_dim = 128
+  config.model.dtype = "float32"    # "bfloat16": bf16 compute, float32 params, bank and loss
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.temperature = 0.1
+  config.loss.kl_weight = 1.0       # lambda; 0 disables SqrtKL
+  config.loss.kl_direction = "q_p"  # KL(q || p); "p_q" for KL(p || q)
+  config.loss.kl_stop_gradient = True
+
+  config.bank = ml_collections.ConfigDict()
+  config.bank.init = "calibrated"   # or "random"
+  config.bank.calibrate_bn = "batch"  # BatchNorm mode of the calibration pass
+  config.bank.update_rule = "grad"       # or "momentum"
+  # eta_V of V' = normalize(V - eta_V dL/dV). A positive row's gradient is about
+  # (1 - p) z / (B tau), so eta_V = B * tau / 2 moves it like momentum 0.5 does.
+  config.bank.lr = 0.5 * 512 * 0.1
+  config.bank.momentum = 0.5
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.on_device = True
+  config.augment.crop_scale = (0.2, 1.0)
+  config.augment.flip = True
+  config.augment.jitter = (0.4, 0.4, 0.4, 0.1)
+  config.augment.jitter_prob = 0.8
+  config.augment.gray_prob = 0.2
+  config.augment.blur_prob = 0.0    # 0.5 for large images (STL-10, ImageNet)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "sgd"         # or "lars"
+  config.optim.base_lr = 0.03       # scaled by batch_size / 256
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.warmup_epochs = 5
+
+  config.batch_size = 512
+  config.num_epochs = 200
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_epochs = 10     # kNN during training; 0 for only at the end
+  config.eval.batch_size = 1024
+  config.eval.knn_k = 200
+  config.eval.knn_temperature = 0.1
+  config.eval.linear_epochs = 100
+  config.eval.linear_batch_size = 256
+  config.eval.linear_lr = 1e-3
+  config.eval.linear_weight_decay = 5e-6
+
+  config.log_every_steps = 50
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 3
+  return config

@@ -1,0 +1,165 @@
+"""Evaluation: feature extraction, weighted kNN and a linear probe on frozen features.
+
+Usable on its own from a checkpoint:
+
+    python -m ssl_jax.evaluate --workdir runs/c10
+
+restores the latest checkpoint of the run in `--workdir` (with the config the
+run saved there), prints kNN and linear top-1 and writes `<workdir>/eval.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import augment
+from ssl_jax import data as data_lib
+from ssl_jax import devices
+
+
+
+def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "inference"):
+  """pmapped (variables, uint8 images [D, b, H, W, 3]) -> (h [D, b, D_h], z [D, b, d]).
+
+  batch_norm="inference" uses the running statistics; "batch" normalises with
+  the statistics of the batch (used to calibrate the bank of an untrained
+  network, whose running statistics are still the initial 0 and 1).
+  """
+  def embed(variables, images):
+    x = augment.preprocess_eval(images, aug_cfg)
+    if batch_norm == "batch":
+      (h, z), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    else:
+      h, z = model.apply(variables, x, train=False)
+    return h, z
+  return jax.pmap(embed, axis_name=devices.AXIS)
+
+
+def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
+                     batch_size: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+  """Backbone features h [N, D_h] and embeddings z [N, d] of a split, in index order."""
+  hs, zs = [], []
+  for batch in data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices):
+    h, z = p_embed(variables, batch["image"])
+    mask = batch["mask"].reshape(-1)
+    hs.append(np.asarray(h).reshape(mask.size, -1)[mask])
+    zs.append(np.asarray(z).reshape(mask.size, -1)[mask])
+  return np.concatenate(hs), np.concatenate(zs)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_classes"))
+def _knn_predict(train_feats, train_labels, test_feats, *, k: int, temperature: float,
+                 num_classes: int):
+  # [b, D] x [N, D]^T -> [b, N] cosine similarities (rows are unit-norm).
+  sim = test_feats @ train_feats.T
+  top_sim, top_idx = jax.lax.top_k(sim, k)                    # [b, k]
+  weights = jnp.exp(top_sim / temperature)                    # NPID's vote weights
+  votes = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [b, k, C]
+  return jnp.argmax(jnp.sum(weights[..., None] * votes, axis=1), axis=-1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_top1(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+             test_labels: np.ndarray, *, k: int = 200, temperature: float = 0.1,
+             batch_size: int = 1024, num_classes: Optional[int] = None) -> float:
+  """Weighted kNN top-1 (cosine similarity, votes exp(sim / temperature)), in [0, 1].
+
+  Runs on the default device in test batches; features are L2-normalised here.
+  """
+  num_classes = int(num_classes or max(train_labels.max(), test_labels.max()) + 1)
+  k = int(min(k, len(train_feats)))
+  train = jnp.asarray(_unit(train_feats), jnp.float32)
+  labels = jnp.asarray(train_labels, jnp.int32)
+  test = _unit(test_feats).astype(np.float32)
+  correct = 0
+  for start in range(0, len(test), batch_size):
+    pred = _knn_predict(train, labels, jnp.asarray(test[start:start + batch_size]), k=k,
+                        temperature=float(temperature), num_classes=num_classes)
+    correct += int(np.sum(np.asarray(pred) == test_labels[start:start + batch_size]))
+  return correct / len(test)
+
+
+def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                 test_labels: np.ndarray, *, num_classes: int, epochs: int = 100,
+                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 5e-6,
+                 seed: int = 0) -> float:
+  """Top-1 of a softmax classifier trained (AdamW, cosine) on frozen, standardised features."""
+  mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
+  xtr = jnp.asarray((train_feats - mean) / std, jnp.float32)
+  xte = jnp.asarray((test_feats - mean) / std, jnp.float32)
+  ytr = jnp.asarray(train_labels, jnp.int32)
+  n, dim = xtr.shape
+  batch_size = min(batch_size, n)
+  steps = n // batch_size
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, epochs * steps), weight_decay=weight_decay)
+  params = {"w": jnp.zeros((dim, num_classes)), "b": jnp.zeros((num_classes,))}
+  opt_state = tx.init(params)
+
+  def loss_fn(p, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()
+
+  @jax.jit
+  def epoch(carry, key):
+    perm = jax.random.permutation(key, n)[:steps * batch_size].reshape(steps, batch_size)
+
+    def step(carry, ids):
+      p, s = carry
+      g = jax.grad(loss_fn)(p, xtr[ids], ytr[ids])
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(step, carry, perm)[0]
+
+  carry = (params, opt_state)
+  for key in jax.random.split(jax.random.PRNGKey(seed), epochs):
+    carry = epoch(carry, key)
+  params = carry[0]
+  pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=-1))
+  return float(np.mean(pred == test_labels))
+
+
+def evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y, eval_cfg,
+                      num_classes: int, *, linear: bool = True) -> dict:
+  """kNN on h and on z, and (optionally) the linear probe on h."""
+  knn = functools.partial(knn_top1, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature,
+                          num_classes=num_classes)
+  out = {"knn_top1": knn(train_h, train_y, test_h, test_y),
+         "knn_top1_embedding": knn(train_z, train_y, test_z, test_y)}
+  if linear:
+    out["linear_top1"] = linear_probe(
+        train_h, train_y, test_h, test_y, num_classes=num_classes,
+        epochs=eval_cfg.linear_epochs, batch_size=eval_cfg.linear_batch_size,
+        lr=eval_cfg.linear_lr, weight_decay=eval_cfg.linear_weight_decay)
+  return out
+
+
+def main(argv) -> None:
+  """CLI: evaluate the latest checkpoint of a training workdir."""
+  from absl import flags
+  from ssl_jax import train  # the shell that knows how to rebuild a run
+  workdir = flags.FLAGS.workdir
+  t0 = time.time()
+  result = train.evaluate_checkpoint(workdir)
+  result["wall_seconds"] = time.time() - t0
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints/.")
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Training objectives: each method owns its batch loss and its extra state."""

@@ -1,0 +1,38 @@
+"""The train state: one pytree holding everything a step reads and writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; checkpoints save it whole.
+
+  step: int32 scalar, optimizer steps taken (also positions the data order).
+  params, batch_stats: the encoder's variables.
+  opt_state: optax state.
+  bank: [N, d] float32 memory bank, unit rows, replicated on every device.
+  rng: uint32 [2] base key; step t uses fold_in(rng, t).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  bank: jax.Array
+  rng: jax.Array
+
+
+def create_train_state(model, tx, rng: jax.Array, image_shape: tuple[int, ...],
+                       bank: jax.Array) -> TrainState:
+  """Initialises the encoder's variables and the optimizer around a given bank."""
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), bank=bank,
+                    rng=jax.random.fold_in(rng, 1))

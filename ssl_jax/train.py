@@ -1,0 +1,419 @@
+"""Training: the pure train step, its pmap wiring, and the epoch loop (the shell).
+
+Data flow of one step (per replica, D replicas on the `batch` axis):
+  uint8 images [b, H, W, 3] + instance indices [b]
+  -> on-device augmentation (one view per image)
+  -> encoder -> z [b, d] (unit rows)
+  -> logits against the replicated bank [b, N] -> L_ce + lambda * L_skl
+  -> gradients pmean'd over the axis -> optax update
+  -> bank transition of the *global* batch (psum of G^T Z, or all-gathered
+     z and indices for the momentum rule), identical on every replica.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ssl_jax import augment
+from ssl_jax import bank as bank_lib
+from ssl_jax import checkpoint
+from ssl_jax import data as data_lib
+from ssl_jax import devices
+from ssl_jax import evaluate
+from ssl_jax import losses
+from ssl_jax import models
+from ssl_jax import optim
+from ssl_jax import reporting
+from ssl_jax.methods import bank_method
+from ssl_jax.state import TrainState, create_train_state
+
+METHODS = ("ours",)
+
+
+# ----------------------------------------------------------------------------
+# Pure functions.
+# ----------------------------------------------------------------------------
+
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The augmentation key of step `step`; images fold in their instance index."""
+  return jax.random.fold_in(rng, step)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               aug_cfg: augment.AugmentConfig, method_cfg: bank_method.BankMethodConfig,
+               axis_name: Optional[str] = devices.AXIS) -> tuple[TrainState, dict]:
+  """One optimizer step and one bank transition; pure in (state, batch).
+
+  Args:
+    state: this replica's TrainState (all replicas hold the same values).
+    batch: {'image': uint8 [b, H, W, 3] (or float32 views already augmented on
+      the host), 'index': int32 [b]}.
+
+  Returns:
+    (new state, metrics) with metrics as global (sum, count) pairs.
+  """
+  idx = batch["index"]
+  images = batch["image"]
+  if images.dtype == jnp.uint8:
+    images = augment.augment_batch(step_key(state.rng, state.step), images, idx, aug_cfg)
+
+  def loss_fn(params):
+    (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  images, train=True, mutable=["batch_stats"])
+    s = losses.bank_logits(z, state.bank, method_cfg.temperature)
+    loss, (ce, skl) = bank_method.loss_from_logits(s, idx, method_cfg)
+    return loss, (updates["batch_stats"], z, s, ce, skl)
+
+  (loss, (batch_stats, z, s, ce, skl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  if axis_name is not None:
+    # Every replica's loss is the mean over its own b examples; equal b on all
+    # replicas makes the mean of gradients the gradient of the global mean.
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_bank = bank_method.bank_transition(state.bank, z, s, idx, method_cfg, axis_name)
+
+  b = jnp.asarray(idx.shape[0], jnp.float32)
+  sums = {"loss": loss * b, "ce": ce * b, "sqrt_kl": skl * b, "count": b,
+          "pos_prob": jnp.sum(jnp.exp(jnp.take_along_axis(
+              jax.nn.log_softmax(s), idx[:, None], axis=1)))}
+  finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(new_bank))
+  finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+  sums["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, bank=new_bank)
+  return new_state, sums
+
+
+def reduce_metrics(sums: dict) -> dict:
+  """Global means from psum'd (sum, count) pairs (replica 0's copy)."""
+  sums = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], sums))
+  n = float(sums["count"])
+  return {"loss": sums["loss"] / n, "ce": sums["ce"] / n, "sqrt_kl": sums["sqrt_kl"] / n,
+          "pos_prob": sums["pos_prob"] / n, "nonfinite": float(sums["nonfinite"])}
+
+
+# ----------------------------------------------------------------------------
+# Building a run from a config.
+# ----------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+  """A config field has a value the run cannot use; names the field."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks every field the run relies on, before any data is read or code compiled."""
+  def allowed(field, value, options):
+    if value not in options:
+      raise ConfigError(f"config.{field} must be one of {list(options)}, got {value!r}.")
+  allowed("method", config.method, METHODS)
+  allowed("bank.init", config.bank.init, bank_method.BANK_INITS)
+  allowed("bank.update_rule", config.bank.update_rule, bank_method.BANK_UPDATES)
+  allowed("bank.calibrate_bn", config.bank.calibrate_bn, bank_method.CALIBRATE_BN)
+  allowed("loss.kl_direction", config.loss.kl_direction, ("q_p", "p_q"))
+  allowed("optim.name", config.optim.name, optim.OPTIMIZERS)
+  allowed("model.name", config.model.name, sorted(models.STAGES))
+  allowed("model.stem", config.model.stem, models.STEMS)
+  allowed("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  data_lib.parse_source(config.data.source)
+  if not config.loss.temperature > 0:
+    raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
+  if not 0.0 <= config.bank.momentum <= 1.0:
+    raise ConfigError(f"config.bank.momentum must be in [0, 1], got {config.bank.momentum}.")
+  if config.bank.lr < 0:
+    raise ConfigError(f"config.bank.lr must be >= 0, got {config.bank.lr}.")
+  if config.loss.kl_weight < 0:
+    raise ConfigError(f"config.loss.kl_weight must be >= 0, got {config.loss.kl_weight}.")
+  for field in ("fraction", "test_fraction"):
+    v = config.data[field]
+    if not 0.0 < v <= 1.0:
+      raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
+  if config.num_epochs < 1:
+    raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
+  total_devices = num_devices * jax.process_count()
+  if config.batch_size < 1 or config.batch_size % total_devices:
+    raise ConfigError(
+        f"config.batch_size ({config.batch_size}) must be a positive multiple of the "
+        f"device count ({total_devices}).")
+
+
+def augment_config(config) -> augment.AugmentConfig:
+  a = config.augment
+  return augment.AugmentConfig(
+      out_size=int(config.data.image_size), mean=tuple(config.data.mean),
+      std=tuple(config.data.std), crop_scale=tuple(a.crop_scale), flip=bool(a.flip),
+      jitter=tuple(a.jitter), jitter_prob=float(a.jitter_prob), gray_prob=float(a.gray_prob),
+      blur_prob=float(a.blur_prob))
+
+
+def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
+  m = config.model
+  return models.create_encoder(m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim,
+                               dtype=m.dtype, bn_axis_name=bn_axis_name)
+
+
+def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
+  """(train subset, test subset, count of skipped corrupt files)."""
+  train, skipped = data_lib.load_split(config.data, config.data.train_split, log)
+  test, skipped_test = data_lib.load_split(config.data, config.data.test_split, log)
+  train = data_lib.subset(train, config.data.fraction, config.data.subset_seed)
+  test = data_lib.subset(test, config.data.test_fraction, config.data.subset_seed)
+  return train, test, skipped + skipped_test
+
+
+def initial_state(config, model, tx, num_examples: int) -> TrainState:
+  """Fresh encoder and optimizer state around an all-zero [N, d] bank (see `init_bank`)."""
+  size = int(config.data.image_size)
+  bank = jnp.zeros((num_examples, int(config.model.embed_dim)), jnp.float32)
+  return create_train_state(model, tx, jax.random.PRNGKey(config.seed), (size, size, 3), bank)
+
+
+def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> TrainState:
+  """The bank of `config.bank.init`: random rows, or one pass of the untrained network."""
+  n, d = state.bank.shape
+  if config.bank.init == "random":
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    return state.replace(bank=bank_lib.random_bank(key, n, d))
+  log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
+      f"(BatchNorm in {config.bank.calibrate_bn} mode)")
+  p_embed = evaluate.make_embed_fn(build_model(config), augment_config(config),
+                                   batch_norm=config.bank.calibrate_bn)
+  _, z = evaluate.extract_features(p_embed, devices.replicate(_variables(state)), train,
+                                   batch_size=config.eval.batch_size,
+                                   num_devices=jax.local_device_count())
+  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(z, jnp.float32)))
+
+
+def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
+                   linear: bool) -> dict:
+  """Features of both splits with the current network, then kNN (and linear probe)."""
+  nd = jax.local_device_count()
+  bs = config.eval.batch_size
+  train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
+                                               batch_size=bs, num_devices=nd)
+  test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
+                                             batch_size=bs, num_devices=nd)
+  return evaluate.evaluate_features(train_h, train_z, train.labels, test_h, test_z, test.labels,
+                                    config.eval, num_classes, linear=linear)
+
+
+def make_host_augment(aug_cfg: augment.AugmentConfig, rng: np.ndarray):
+  """The host-side alternative (config.augment.on_device=False), for comparison.
+
+  Runs the same augmentation, with the same keys, jitted on the host CPU
+  before the batch is sent to the accelerators; the step then skips its own.
+  """
+  cpu = jax.local_devices(backend="cpu")[0]
+  rng = jax.device_put(rng, cpu)
+  fn = jax.jit(augment.augment_batch, static_argnums=3)
+
+  def apply(batch: dict, step: int) -> dict:
+    images, idx = batch["image"], batch["index"]
+    flat = jax.device_put((images.reshape(-1, *images.shape[2:]), idx.reshape(-1)), cpu)
+    views = fn(step_key(rng, step), *flat, aug_cfg)
+    return {"image": np.asarray(views).reshape(*idx.shape, *views.shape[1:]), "index": idx}
+  return apply
+
+
+def peak_memory_bytes() -> Optional[int]:
+  """Peak bytes in use on the first local device, or None where the backend does not say."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # CPU backends raise or return None
+    return None
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _variables(state: TrainState) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+# ----------------------------------------------------------------------------
+# The shell: the epoch loop with checkpoints, logging and evaluation.
+# ----------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per `config`, resuming from `workdir` if it holds a checkpoint.
+
+  Writes metrics.jsonl, tensorboard/, checkpoints/, config.json and
+  summary.json to `workdir`; returns the summary.
+  """
+  t_start = time.time()
+  nd = jax.local_device_count()
+  validate_config(config, nd)
+  is_main = jax.process_index() == 0
+  log = print if is_main else (lambda *a, **k: None)
+  os.makedirs(workdir, exist_ok=True)
+  log(f"ssl_jax: method {config.method}, {config.model.name} (width {config.model.width}, "
+      f"{config.model.stem} stem), {nd} {jax.devices()[0].platform} device(s)")
+  log(f"data source: {config.data.source}"
+      + (f" ({config.data.source_reason})" if config.data.get("source_reason") else ""))
+
+  train, test, skipped = load_data(config, log)
+  num_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+  global_batch = int(config.batch_size)
+  if global_batch > len(train):
+    raise ConfigError(f"config.batch_size ({global_batch}) is larger than the training set "
+                      f"({len(train)} images after config.data.fraction={config.data.fraction}).")
+  steps_per_epoch = data_lib.steps_per_epoch(len(train), global_batch)
+  total_steps = steps_per_epoch * config.num_epochs
+  log(f"{len(train)} training images ({len(train.class_names) or num_classes} classes), "
+      f"{len(test)} test images; batch {global_batch}, {steps_per_epoch} steps/epoch, "
+      f"{config.num_epochs} epochs")
+
+  model = build_model(config)
+  schedule = optim.learning_rate_schedule(config.optim, global_batch, steps_per_epoch,
+                                          config.num_epochs)
+  tx = optim.create_optimizer(config.optim, schedule)
+  aug_cfg = augment_config(config)
+  method_cfg = bank_method.BankMethodConfig.from_config(config)
+  p_eval = evaluate.make_embed_fn(model, aug_cfg)
+
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+  fresh = initial_state(config, model, tx, len(train))
+  state = checkpoint.restore_latest(manager, fresh)
+  init_eval_path = os.path.join(workdir, "init_eval.json")
+  if state is None:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    state = init_bank(config, fresh, train, log)
+    log("evaluating the untrained network (kNN)...")
+    init_eval = run_evaluation(config, p_eval, devices.replicate(_variables(state)), train,
+                               test, num_classes, linear=False)
+    log(f"untrained network: kNN top-1 {init_eval['knn_top1']:.4f} "
+        f"(embedding {init_eval['knn_top1_embedding']:.4f})")
+    with open(init_eval_path, "w") as f:
+      json.dump(init_eval, f)
+  else:
+    log(f"resuming from checkpoint at step {int(state.step)} "
+        f"(epoch {int(state.step) // steps_per_epoch})")
+    with open(init_eval_path) as f:
+      init_eval = json.load(f)
+
+  p_train_step = jax.pmap(
+      functools.partial(train_step, model=model, tx=tx, aug_cfg=aug_cfg, method_cfg=method_cfg),
+      axis_name=devices.AXIS, donate_argnums=(0,))
+  state = devices.replicate(state)
+  writer = reporting.MetricWriter(workdir, enabled=is_main)
+
+  step = int(state.step[0])
+  host_augment = None if config.augment.on_device else make_host_augment(
+      aug_cfg, jax.device_get(state.rng[0]))
+  epoch_times, history = [], []
+  try:
+    while step < total_steps:
+      epoch, start = divmod(step, steps_per_epoch)
+      batches = data_lib.train_batches(
+          train, global_batch=global_batch, num_local_devices=nd, seed=config.seed, epoch=epoch,
+          start_step=start, process_index=jax.process_index(),
+          process_count=jax.process_count())
+      progress = reporting.Progress(steps_per_epoch - start,
+                                    f"epoch {epoch + 1}/{config.num_epochs}", global_batch)
+      batches = ({"image": b["image"], "index": b["index"]} for b in batches)
+      if host_augment is not None:
+        batches = (host_augment(b, s) for s, b in enumerate(batches, step))
+      t_epoch = time.perf_counter()
+      for i, batch in enumerate(devices.prefetch(batches, 2)):
+        state, sums = p_train_step(state, batch)
+        step += 1
+        if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
+          m = reduce_metrics(sums)
+          if m["nonfinite"]:
+            raise FloatingPointError(
+                f"non-finite loss, gradient or bank at step {step}; the last good checkpoint "
+                f"is kept (step {manager.latest_step()}).")
+          m["lr"] = float(schedule(step - 1))
+          writer.write(step, m, epoch=epoch + 1)
+          progress.update(i + 1, {"loss": m["loss"]})
+      jax.block_until_ready(state.step)
+      dt = time.perf_counter() - t_epoch
+      epoch_times.append((dt, steps_per_epoch - start))
+      epoch_done = step // steps_per_epoch
+      record = {"epoch_seconds": dt,
+                "images_per_second": (steps_per_epoch - start) * global_batch / dt}
+      if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
+          and epoch_done < config.num_epochs):
+        knn = run_evaluation(config, p_eval, _variables(state), train, test, num_classes,
+                             linear=False)
+        record.update(knn)
+        log(f"epoch {epoch_done}: kNN top-1 {knn['knn_top1']:.4f}")
+      writer.write(step, record, epoch=epoch_done)
+      history.append({"epoch": epoch_done, **record})
+      if epoch_done % config.checkpoint_every_epochs == 0 or step >= total_steps:
+        checkpoint.save(manager, devices.unreplicate(state))
+    manager.wait_until_finished()
+  finally:
+    writer.close()
+
+  log("final evaluation (kNN and linear probe)...")
+  final = run_evaluation(config, p_eval, _variables(state), train, test, num_classes, linear=True)
+  # Seconds per epoch without compilation: the first epoch of this process pays
+  # for it, so it is left out when later epochs exist.
+  timed = epoch_times[1:] or epoch_times
+  sec_per_step = sum(t for t, _ in timed) / max(sum(n for _, n in timed), 1)
+  summary = {
+      "method": config.method,
+      "dataset": config.data.source,
+      "num_train_examples": len(train),
+      "num_test_examples": len(test),
+      "epochs": config.num_epochs,
+      "devices": jax.device_count(),
+      "platform": jax.devices()[0].platform,
+      "knn_top1_init": init_eval["knn_top1"],
+      "knn_top1_embedding_init": init_eval["knn_top1_embedding"],
+      **final,
+      "seconds_per_epoch": sec_per_step * steps_per_epoch,
+      "images_per_second": global_batch / sec_per_step if sec_per_step else None,
+      "peak_memory_bytes": peak_memory_bytes(),
+      "skipped_files": skipped,
+      "wall_seconds": time.time() - t_start,
+      "history": history,
+  }
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
+        f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
+        f"({summary['wall_seconds']:.0f} s, summary in {workdir}/summary.json)")
+  return summary
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_checkpoint(workdir: str) -> dict:
+  """kNN and linear top-1 of the latest checkpoint in `workdir`."""
+  config = load_run_config(workdir)
+  train, test, _ = load_data(config)
+  num_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+  model = build_model(config)
+  steps_per_epoch = data_lib.steps_per_epoch(len(train), config.batch_size)
+  tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
+      config.optim, config.batch_size, steps_per_epoch, config.num_epochs))
+  template = initial_state(config, model, tx, len(train))
+  state = checkpoint.restore_latest(checkpoint.create_manager(workdir), template)
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")
+  p_eval = evaluate.make_embed_fn(model, augment_config(config))
+  result = run_evaluation(config, p_eval, devices.replicate(_variables(state)), train, test,
+                          num_classes, linear=True)
+  return {"step": int(state.step), "epoch": int(state.step) / max(steps_per_epoch, 1), **result}

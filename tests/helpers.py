@@ -1,0 +1,35 @@
+"""Shared test fixtures: tiny configs on the real CIFAR-10 JPEG archive."""
+
+import os
+
+import pytest
+
+from configs import default, quickstart
+
+CIFAR10 = default.SHARED_CIFAR10
+
+needs_cifar10 = pytest.mark.skipif(
+    not os.path.exists(CIFAR10), reason=f"{CIFAR10} (the shared CIFAR-10 archive) is absent")
+
+
+def tiny_config(**overrides):
+  """Quickstart shrunk to seconds: a ResNet-10 of width 1/8 on 1% of CIFAR-10."""
+  config = quickstart.get_config()
+  config.unlock()
+  config.data.source = f"folder:{CIFAR10}"
+  config.data.fraction = 0.01       # 500 images
+  config.data.test_fraction = 0.02  # 200 images
+  config.model.name = "resnet10"
+  config.model.width = 0.125
+  config.batch_size = 64
+  config.num_epochs = 1
+  config.eval.batch_size = 256
+  config.eval.linear_epochs = 2
+  config.log_every_steps = 1
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config

@@ -1,0 +1,49 @@
+"""Bad configs fail before any data is read or code compiled, naming the field."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar10, quickstart
+from ssl_jax import train
+from tests.helpers import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method", "simsiam", "config.method must be one of"),
+    ("bank.update_rule", "ema", "config.bank.update_rule must be one of ['grad', 'momentum']"),
+    ("bank.init", "zeros", "config.bank.init must be one of"),
+    ("loss.temperature", 0.0, "config.loss.temperature must be > 0"),
+    ("loss.kl_direction", "pq", "config.loss.kl_direction must be one of"),
+    ("data.fraction", 0.0, "config.data.fraction must be in (0, 1]"),
+    ("data.fraction", 1.5, "config.data.fraction must be in (0, 1]"),
+    ("data.source", "cifar10", "config.data.source must be 'folder:<path>' or 'tfds:<name>'"),
+    ("batch_size", 30, "config.batch_size (30) must be a positive multiple of the device count (4)"),
+    ("model.name", "vit", "config.model.name must be one of"),
+    ("optim.name", "adam", "config.optim.name must be one of"),
+])
+def test_validate_config_names_the_field(field, value, message):
+  config = tiny_config(**{field: value})
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                     .replace("[", r"\[").replace("]", r"\]")):
+    train.validate_config(config, num_devices=4)
+
+
+def test_shipped_configs_are_valid():
+  for module in (cifar10, quickstart):
+    train.validate_config(module.get_config(), num_devices=1)
+
+
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
+       "--workdir", str(tmp_path), "--config.loss.temperature=-1"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 1
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert errors == ["error: config.loss.temperature must be > 0, got -1.0."]
+  assert "Traceback" not in proc.stderr

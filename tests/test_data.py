@@ -1,0 +1,121 @@
+"""Sources, instance indices, subsets and batching."""
+
+import os
+import pathlib
+import tarfile
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_jax import data as data_lib
+from tests.helpers import CIFAR10, needs_cifar10
+
+
+def _cfg(source, **kw):
+  return ml_collections.ConfigDict(dict(source=source, image_size=8, cache_dir="",
+                                        skip_corrupt=False, **kw))
+
+
+def _make_tree(root: pathlib.Path):
+  """A tiny split with mixed modes and sizes: RGB, grayscale, RGBA, non-square."""
+  rng = np.random.default_rng(0)
+  (root / "train" / "cat").mkdir(parents=True)
+  (root / "train" / "dog").mkdir(parents=True)
+  Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "train/cat/a.png")
+  Image.fromarray(rng.integers(0, 255, (20, 12), dtype=np.uint8), "L").save(root / "train/cat/b.jpg")
+  Image.fromarray(rng.integers(0, 255, (8, 8, 4), dtype=np.uint8), "RGBA").save(root / "train/dog/c.png")
+  Image.fromarray(rng.integers(0, 255, (5, 30, 3), dtype=np.uint8)).save(root / "train/dog/d.png")
+
+
+def test_folder_tree_and_tar_give_the_same_split(tmp_path):
+  _make_tree(tmp_path / "tree")
+  split, skipped = data_lib.load_split(_cfg(f"folder:{tmp_path / 'tree'}"), "train")
+  assert skipped == 0
+  assert split.images.shape == (4, 8, 8, 3) and split.images.dtype == np.uint8
+  assert split.class_names == ("cat", "dog")
+  np.testing.assert_array_equal(split.labels, [0, 0, 1, 1])
+  archive = tmp_path / "tree.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "tree", arcname="top")  # the tree may sit under a top folder
+  from_tar, _ = data_lib.load_split(_cfg(f"folder:{archive}"), "train")
+  np.testing.assert_array_equal(from_tar.images, split.images)
+  np.testing.assert_array_equal(from_tar.labels, split.labels)
+
+
+def test_bad_folders_name_the_culprit(tmp_path):
+  _make_tree(tmp_path)
+  (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
+  with pytest.raises(data_lib.DataError, match="broken.jpg"):
+    data_lib.load_split(_cfg(f"folder:{tmp_path}"), "train")
+  cfg = _cfg(f"folder:{tmp_path}")
+  cfg.skip_corrupt = True
+  split, skipped = data_lib.load_split(cfg, "train", log=lambda *a: None)
+  assert skipped == 1 and len(split) == 4
+  (tmp_path / "train" / "empty").mkdir()
+  with pytest.raises(data_lib.DataError, match="empty"):
+    data_lib.load_split(cfg, "train")
+  with pytest.raises(data_lib.DataError, match="split folder .*test.* not found"):
+    data_lib.load_split(cfg, "test")
+  with pytest.raises(ValueError, match="config.data.source must be"):
+    data_lib.load_split(_cfg("cifar10"), "train")
+
+
+def test_subset_is_fixed_and_seeded():
+  split = data_lib.Split(np.zeros((100, 2, 2, 3), np.uint8), np.arange(100, dtype=np.int32), ())
+  a, b = data_lib.subset(split, 0.25, 3), data_lib.subset(split, 0.25, 3)
+  assert len(a) == 25
+  np.testing.assert_array_equal(a.labels, b.labels)
+  assert np.all(np.diff(a.source_index) > 0)
+  assert not np.array_equal(a.source_index, data_lib.subset(split, 0.25, 4).source_index)
+  with pytest.raises(ValueError, match="fraction"):
+    data_lib.subset(split, 1.5, 0)
+
+
+def test_global_batches_do_not_depend_on_device_or_process_count():
+  n = 103
+  split = data_lib.Split(np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8),
+                         np.arange(n, dtype=np.int32) % 10, ())
+  kw = dict(global_batch=16, seed=5, epoch=2)
+  one = list(data_lib.train_batches(split, num_local_devices=1, **kw))
+  four = list(data_lib.train_batches(split, num_local_devices=4, **kw))
+  two_procs = [list(data_lib.train_batches(split, num_local_devices=2, process_index=p,
+                                           process_count=2, **kw)) for p in range(2)]
+  assert len(one) == n // 16
+  for s in range(len(one)):
+    ids = np.sort(one[s]["index"].ravel())
+    np.testing.assert_array_equal(np.sort(four[s]["index"].ravel()), ids)
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([two_procs[p][s]["index"].ravel() for p in range(2)])), ids)
+    assert four[s]["image"].shape == (4, 4, 2, 2, 3)
+    # The image of each example is the one its index names.
+    np.testing.assert_array_equal(four[s]["image"][..., 0, 0, 0], four[s]["index"])
+  epoch_ids = np.concatenate([b["index"].ravel() for b in one])
+  assert len(set(epoch_ids)) == len(epoch_ids)  # no repeats inside an epoch
+  resumed = list(data_lib.train_batches(split, num_local_devices=1, start_step=3, **kw))
+  np.testing.assert_array_equal(resumed[0]["index"], one[3]["index"])
+  other_epoch = next(data_lib.train_batches(split, num_local_devices=1, global_batch=16, seed=5,
+                                            epoch=3))
+  assert not np.array_equal(other_epoch["index"], one[0]["index"])
+
+
+def test_eval_batches_cover_the_split_once_in_order():
+  split = data_lib.Split(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10, dtype=np.int32), ())
+  batches = list(data_lib.eval_batches(split, batch_size=4, num_local_devices=2))
+  labels = np.concatenate([b["label"].ravel()[b["mask"].ravel()] for b in batches])
+  np.testing.assert_array_equal(labels, np.arange(10))
+
+
+@needs_cifar10
+def test_cifar10_archive_has_the_documented_layout(tmp_path):
+  cfg = _cfg(f"folder:{CIFAR10}")
+  cfg.image_size = 32
+  cfg.cache_dir = str(tmp_path)
+  test, _ = data_lib.load_split(cfg, "test", log=lambda *a: None)
+  assert test.images.shape == (10000, 32, 32, 3)
+  assert np.bincount(test.labels).tolist() == [1000] * 10
+  assert test.class_names[0] == "airplane" and test.class_names[-1] == "truck"
+  cached, _ = data_lib.load_split(cfg, "test", log=lambda *a: None)
+  assert len(os.listdir(tmp_path)) == 1
+  np.testing.assert_array_equal(cached.images, test.images)

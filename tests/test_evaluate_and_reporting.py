@@ -1,0 +1,72 @@
+"""kNN against a NumPy reference, the linear probe, and the run's log files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ssl_jax import evaluate
+from ssl_jax import reporting
+
+
+def _knn_reference(train, train_y, test, k, t, c):
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  sim = unit(test).astype(np.float64) @ unit(train).astype(np.float64).T
+  preds = []
+  for row in sim:
+    top = np.argsort(-row)[:k]
+    votes = np.zeros(c)
+    np.add.at(votes, train_y[top], np.exp(row[top] / t))
+    preds.append(np.argmax(votes))
+  return np.asarray(preds)
+
+
+def test_knn_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  train, test = rng.normal(size=(300, 16)), rng.normal(size=(70, 16))
+  train_y = rng.integers(0, 5, 300)
+  test_y = rng.integers(0, 5, 70)
+  for k in (1, 20, 200):
+    expected = np.mean(_knn_reference(train, train_y, test, k, 0.1, 5) == test_y)
+    got = evaluate.knn_top1(train, train_y, test, test_y, k=k, temperature=0.1, batch_size=32,
+                            num_classes=5)
+    assert got == pytest.approx(expected)
+
+
+def test_knn_and_linear_probe_separate_clustered_features():
+  rng = np.random.default_rng(1)
+  centers = rng.normal(size=(4, 32)) * 3
+  y = rng.integers(0, 4, 600)
+  x = centers[y] + rng.normal(size=(600, 32))
+  knn = evaluate.knn_top1(x[:400], y[:400], x[400:], y[400:], k=20)
+  lin = evaluate.linear_probe(x[:400], y[:400], x[400:], y[400:], num_classes=4, epochs=20,
+                              lr=1e-2)
+  noise = evaluate.linear_probe(rng.normal(size=(400, 32)), y[:400], rng.normal(size=(200, 32)),
+                                y[400:], num_classes=4, epochs=20, lr=1e-2)
+  assert knn > 0.9 and lin > 0.9 and noise < 0.5
+
+
+def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
+  writer = reporting.MetricWriter(str(tmp_path))
+  writer.write(3, {"loss": 1.5, "lr": 0.1}, epoch=1)
+  writer.write(6, {"loss": 1.25}, epoch=2)
+  writer.close()
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert records == [{"step": 3, "epoch": 1, "loss": 1.5, "lr": 0.1},
+                     {"step": 6, "epoch": 2, "loss": 1.25}]
+  tf = pytest.importorskip("tensorflow")
+  (event_file,) = (tmp_path / "tensorboard").iterdir()
+  scalars = []
+  for e in tf.compat.v1.train.summary_iterator(str(event_file)):  # also checks the CRCs
+    for v in e.summary.value:
+      scalars.append((e.step, v.tag, v.simple_value))
+  assert scalars == [(3, "loss", 1.5), (3, "lr", pytest.approx(0.1)), (6, "loss", 1.25)]
+
+
+def test_progress_prints_rate_and_eta(capsys):
+  import sys
+  p = reporting.Progress(10, "epoch 1/2", images_per_step=32, stream=sys.stdout)
+  for i in range(1, 11):
+    p.update(i, {"loss": 2.0})
+  out = capsys.readouterr().out
+  assert "10/10" in out and "img/s" in out and "eta" in out and "loss 2" in out

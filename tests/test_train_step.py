@@ -1,0 +1,105 @@
+"""The pmapped train step: replica equality, 1- vs 4-device equivalence, one compile."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import data as data_lib
+from ssl_jax import devices as devices_lib
+from ssl_jax import optim
+from ssl_jax import train
+from ssl_jax.methods import bank_method
+from tests.helpers import needs_cifar10, tiny_config
+
+
+def _setup(config):
+  train_split, _, _ = train.load_data(config, log=lambda *a: None)
+  model = train.build_model(config)
+  spe = data_lib.steps_per_epoch(len(train_split), config.batch_size)
+  tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
+      config.optim, config.batch_size, spe, config.num_epochs))
+  state = train.init_bank(config, train.initial_state(config, model, tx, len(train_split)),
+                          train_split, log=lambda *a: None)
+  return train_split, model, tx, state
+
+
+def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
+  step_fn = functools.partial(train.train_step, model=model, tx=tx,
+                              aug_cfg=train.augment_config(config),
+                              method_cfg=bank_method.BankMethodConfig.from_config(config))
+
+  def counted(state, batch):
+    trace_counter.append(1)  # runs once per trace, never per execution
+    return step_fn(state, batch)
+
+  p_step = jax.pmap(counted, axis_name=devices_lib.AXIS, devices=devices)
+  state = devices_lib.replicate(state, devices)
+  batches = data_lib.train_batches(split, global_batch=config.batch_size,
+                                   num_local_devices=len(devices), seed=0, epoch=0)
+  for _, batch in zip(range(num_steps), batches):
+    state, sums = p_step(state, {"image": batch["image"], "index": batch["index"]})
+  return state, train.reduce_metrics(sums)
+
+
+@needs_cifar10
+@pytest.mark.parametrize("update_rule", ["grad", "momentum"])
+def test_four_devices_match_one_device_and_replicas_stay_equal(update_rule):
+  config = tiny_config(**{"bank.update_rule": update_rule})
+  split, model, tx, state0 = _setup(config)
+  devices = jax.local_devices()
+  assert len(devices) == 4
+  traces4, traces1 = [], []
+  s4, m4 = _run(config, state0, model, tx, split, devices, 4, traces4)
+  s1, m1 = _run(config, state0, model, tx, split, devices[:1], 4, traces1)
+  assert len(traces4) == 1 and len(traces1) == 1, "the step recompiled"
+  for leaf in jax.tree_util.tree_leaves(s4):
+    for r in range(1, 4):
+      np.testing.assert_array_equal(leaf[r], leaf[0])
+  flat4 = jax.tree_util.tree_leaves_with_path(jax.tree_util.tree_map(lambda x: x[0], s4))
+  flat1 = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], s1))
+  for (path, a), b in zip(flat4, flat1):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  # The run did something: the bank and the params moved from their start.
+  assert np.abs(np.asarray(s4.bank[0]) - np.asarray(state0.bank)).max() > 1e-3
+  assert int(s4.step[0]) == 4
+  np.testing.assert_allclose(np.linalg.norm(s4.bank[0], axis=1), 1.0, rtol=1e-5)
+
+
+@needs_cifar10
+def test_host_augmentation_gives_the_same_step_as_on_device():
+  config = tiny_config()
+  split, model, tx, state = _setup(config)
+  aug_cfg = train.augment_config(config)
+  batch = next(data_lib.train_batches(split, global_batch=64, num_local_devices=1, seed=0,
+                                      epoch=0))
+  batch = {"image": batch["image"], "index": batch["index"]}
+  host = train.make_host_augment(aug_cfg, np.asarray(state.rng))(batch, 0)
+  assert host["image"].dtype == np.float32 and host["image"].shape == (1, 64, 32, 32, 3)
+  on_device = jax.pmap(lambda b, rng: train.augment.augment_batch(
+      train.step_key(rng, 0), b["image"], b["index"], aug_cfg), in_axes=(0, None),
+      devices=jax.local_devices()[:1])(batch, state.rng)
+  np.testing.assert_allclose(host["image"], on_device, atol=1e-5)
+
+
+@needs_cifar10
+@pytest.mark.parametrize("overrides", [
+    {"model.dtype": "bfloat16"},
+    {"optim.name": "lars"},
+    {"loss.kl_direction": "p_q", "loss.kl_stop_gradient": False, "bank.init": "random"},
+    {"bank.calibrate_bn": "inference", "augment.blur_prob": 0.5},
+])
+def test_step_options_run_and_move_the_state(overrides):
+  config = tiny_config(**overrides)
+  split, model, tx, state0 = _setup(config)
+  devices = jax.local_devices()
+  s, m = _run(config, state0, model, tx, split, devices, 2, [])
+  assert np.isfinite(m["loss"]) and m["nonfinite"] == 0
+  moved = [np.abs(np.asarray(a[0], np.float32) - np.asarray(b, np.float32)).max()
+           for a, b in zip(jax.tree_util.tree_leaves(s.params),
+                           jax.tree_util.tree_leaves(state0.params))]
+  assert max(moved) > 1e-4
+  np.testing.assert_allclose(np.linalg.norm(s.bank[0], axis=1), 1.0, rtol=1e-5)
