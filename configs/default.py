@@ -98,5 +98,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 50
   config.checkpoint_every_epochs = 1
+  config.checkpoint_every_steps = 0   # also every this many steps (0: only at epoch ends)
   config.keep_checkpoints = 3
   return config

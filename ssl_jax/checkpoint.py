@@ -1,20 +1,27 @@
 """Orbax checkpoints of the whole TrainState in `<workdir>/checkpoints`.
 
-Orbax writes each step to a temporary folder and renames it when complete, so
-an interrupted save never replaces the previous checkpoint. Only the state of
-replica 0 is saved (replicas are identical by construction); on restore it is
-replicated again.
+Orbax writes each step to a temporary folder and renames it when complete
+(with a commit marker), so an interrupted save never replaces the previous
+checkpoint. Only replica 0's state is saved (replicas are identical by
+construction); on restore it is replicated again. A latest checkpoint that
+cannot be read is reported and the one before it is used; if none can be read
+the run stops rather than silently starting from scratch.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 from ssl_jax.state import TrainState
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint although the workdir has some."""
 
 
 def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -24,7 +31,7 @@ def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> int:
-  """Saves an unreplicated state at its step; returns the step."""
+  """Saves an unreplicated state at its step (asynchronously unless `wait`); returns the step."""
   step = int(jax.device_get(state.step))
   manager.save(step, args=ocp.args.StandardSave(state), force=True)
   if wait:
@@ -32,10 +39,37 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = Fals
   return step
 
 
-def restore_latest(manager: ocp.CheckpointManager, template: TrainState) -> Optional[TrainState]:
-  """The latest checkpoint restored into the structure of `template`, or None."""
-  step = manager.latest_step()
-  if step is None:
+def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
+                   log: Callable[[str], None] = print) -> Optional[TrainState]:
+  """The newest readable checkpoint, restored into the structure of `template`.
+
+  Returns None when the workdir has no checkpoint. Raises CheckpointError when
+  it has some but none can be restored.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return None
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  errors = []
+  for step in steps:
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      errors.append(f"step {step}: {reason}")
+      # Moved out of orbax's view, so it is not retried and does not block
+      # saving that step again; kept beside the others for inspection.
+      src = os.path.join(str(manager.directory), str(step))
+      dst = os.path.join(str(manager.directory), f"unreadable-{step}-{int(time.time())}")
+      os.rename(src, dst)
+      manager.reload()
+      log(f"warning: checkpoint at step {step} is unreadable ({reason}); moved to {dst}, "
+          f"trying an older one")
+      continue
+    if int(state.step) != step:
+      errors.append(f"step {step}: holds step {int(state.step)}")
+      continue
+    return state
+  raise CheckpointError(
+      f"no usable checkpoint in {manager.directory} ({'; '.join(errors)}). Move the workdir "
+      f"away to start from scratch.")

@@ -177,11 +177,20 @@ def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str]) -> S
         f"config.data.source 'tfds:{name}' needs tensorflow and tensorflow-datasets "
         f"(pip install 'ssl_jax[tfds]'); a 'folder:' source needs neither.") from e
   tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerators JAX uses
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"config.data.source 'tfds:{name}': no TFDS dataset is named {name!r} "
+                    f"(tfds.list_builders() lists them, e.g. cifar10, cifar100, stl10, "
+                    f"imagenet2012).") from None
   builder.download_and_prepare()
   info = builder.info
-  # Examples keep their stored order (no file shuffling): position = instance index.
-  ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  try:
+    # Examples keep their stored order (no file shuffling): position = instance index.
+    ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  except (KeyError, ValueError) as e:
+    raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
+                    f"(splits: {sorted(info.splits)}): {str(e).splitlines()[0]}") from None
 
   def prep(image, label):
     if tuple(image.shape[:2]) != (size, size):

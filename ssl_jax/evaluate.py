@@ -147,11 +147,18 @@ def evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y, eval_cf
 
 def main(argv) -> None:
   """CLI: evaluate the latest checkpoint of a training workdir."""
-  from absl import flags
-  from ssl_jax import train  # the shell that knows how to rebuild a run
+  from absl import flags, logging
+  from ssl_jax import checkpoint, train  # the shell that knows how to rebuild a run
   workdir = flags.FLAGS.workdir
+  logging.set_verbosity(logging.INFO if flags.FLAGS.debug else logging.WARNING)
   t0 = time.time()
-  result = train.evaluate_checkpoint(workdir)
+  try:
+    result = train.evaluate_checkpoint(workdir)
+  except (ValueError, FileNotFoundError, ImportError, checkpoint.CheckpointError) as e:
+    if flags.FLAGS.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   result["wall_seconds"] = time.time() - t0
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -161,5 +168,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
   from absl import app, flags
   flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints/.")
+  flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
   flags.mark_flag_as_required("workdir")
   app.run(main)

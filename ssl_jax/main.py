@@ -1,13 +1,16 @@
 """Command line: `python -m ssl_jax.main --config configs/cifar10.py --workdir runs/c10`.
 
 Config fields are overridden with `--config.field=value`. Errors print one
-line and exit non-zero; `--debug` shows the traceback.
+line and exit with status 1; `--debug` shows the traceback. SIGTERM writes a
+checkpoint and exits with status 143 (128 + SIGTERM); rerunning the same
+command resumes.
 """
 
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and summary.")
@@ -20,10 +23,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssl_jax import train  # imported after flag parsing: keeps `--help` fast
+  # Library INFO logs (orbax writes several lines per checkpoint) drown the
+  # progress bar; --debug brings them back.
+  logging.set_verbosity(logging.INFO if _DEBUG.value else logging.WARNING)
+  # Imported after flag parsing: keeps `--help` fast.
+  from ssl_jax import checkpoint, preemption, train
   try:
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
+  except preemption.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
+  except (ValueError, FileNotFoundError, FloatingPointError, ImportError,
+          checkpoint.CheckpointError) as e:
     if _DEBUG.value:
       raise
     print(f"error: {e}", file=sys.stderr)

@@ -34,6 +34,7 @@ from ssl_jax import evaluate
 from ssl_jax import losses
 from ssl_jax import models
 from ssl_jax import optim
+from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax.methods import bank_method
 from ssl_jax.state import TrainState, create_train_state
@@ -94,17 +95,33 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   sums["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
+  # The 1-based number of this step if anything in it was not finite, else a
+  # sentinel; `accumulate_metrics` keeps the minimum over a logging interval.
+  sums["first_bad_step"] = jnp.where(sums["nonfinite"] > 0, state.step + 1, _NO_BAD_STEP)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, bank=new_bank)
   return new_state, sums
 
 
+_NO_BAD_STEP = np.iinfo(np.int32).max
+
+
+@jax.jit
+def accumulate_metrics(acc: dict, sums: dict) -> dict:
+  """Adds one step's metric sums to the running ones, on device (no host round trip)."""
+  out = jax.tree_util.tree_map(jnp.add, acc, sums)
+  out["first_bad_step"] = jnp.minimum(acc["first_bad_step"], sums["first_bad_step"])
+  return out
+
+
 def reduce_metrics(sums: dict) -> dict:
-  """Global means from psum'd (sum, count) pairs (replica 0's copy)."""
+  """Global means from psum'd (sum, count) pairs (replica 0's copy) of one or more steps."""
   sums = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], sums))
   n = float(sums["count"])
+  bad = int(sums["first_bad_step"])
   return {"loss": sums["loss"] / n, "ce": sums["ce"] / n, "sqrt_kl": sums["sqrt_kl"] / n,
-          "pos_prob": sums["pos_prob"] / n, "nonfinite": float(sums["nonfinite"])}
+          "pos_prob": sums["pos_prob"] / n, "nonfinite": float(sums["nonfinite"]),
+          "first_bad_step": None if bad == _NO_BAD_STEP else bad}
 
 
 # ----------------------------------------------------------------------------
@@ -246,11 +263,79 @@ def _variables(state: TrainState) -> dict:
 # The shell: the epoch loop with checkpoints, logging and evaluation.
 # ----------------------------------------------------------------------------
 
+# Fields that fix the shape or meaning of a checkpoint: a workdir's run can
+# only be resumed by a config that agrees on all of them.
+RESUME_FIELDS = ("method", "seed", "batch_size", "data.source", "data.train_split",
+                 "data.fraction", "data.subset_seed", "data.image_size", "model.name",
+                 "model.stem", "model.width", "model.embed_dim")
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def check_resumable(workdir: str, config, num_train_examples: int) -> None:
+  """Raises ConfigError if the run in `workdir` came from an incompatible config."""
+  path = os.path.join(workdir, "run_info.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    info = json.load(f)
+  saved = info.get("config", {})
+  for field in RESUME_FIELDS:
+    here = _get(config, field)
+    there = saved.get(field)
+    if isinstance(here, tuple):
+      here = list(here)
+    if field in saved and there != here:
+      raise ConfigError(
+          f"{workdir} holds a run with config.{field}={there!r}, not {here!r}: resuming it "
+          f"with this config is impossible. Use another --workdir or the run's config.")
+  if info.get("num_train_examples") != num_train_examples:
+    raise ConfigError(
+        f"{workdir} holds a run over {info.get('num_train_examples')} training images, but "
+        f"the dataset now has {num_train_examples}: the bank does not fit. Use another "
+        f"--workdir.")
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _truncate_metrics(workdir: str, step: int) -> list[dict]:
+  """Drops metrics.jsonl records after `step` (work redone after a resume); returns the rest."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a crash
+        continue
+      if record.get("step", 0) <= step:
+        records.append(record)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(tmp, path)
+  return records
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` if it holds a checkpoint.
 
-  Writes metrics.jsonl, tensorboard/, checkpoints/, config.json and
-  summary.json to `workdir`; returns the summary.
+  Writes config.json, run_info.json, init_eval.json, metrics.jsonl,
+  tensorboard/, checkpoints/ and summary.json to `workdir`; returns the
+  summary. Raises ConfigError or DataError (before compiling anything),
+  FloatingPointError on divergence (the last good checkpoint kept) and
+  preemption.Preempted after SIGTERM (a checkpoint written).
   """
   t_start = time.time()
   nd = jax.local_device_count()
@@ -269,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if global_batch > len(train):
     raise ConfigError(f"config.batch_size ({global_batch}) is larger than the training set "
                       f"({len(train)} images after config.data.fraction={config.data.fraction}).")
+  check_resumable(workdir, config, len(train))
   steps_per_epoch = data_lib.steps_per_epoch(len(train), global_batch)
   total_steps = steps_per_epoch * config.num_epochs
   log(f"{len(train)} training images ({len(train.class_names) or num_classes} classes), "
@@ -285,86 +371,125 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   fresh = initial_state(config, model, tx, len(train))
-  state = checkpoint.restore_latest(manager, fresh)
+  state = checkpoint.restore_latest(manager, fresh, log)
   init_eval_path = os.path.join(workdir, "init_eval.json")
-  if state is None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if state is None or not os.path.exists(init_eval_path):
     state = init_bank(config, fresh, train, log)
     log("evaluating the untrained network (kNN)...")
     init_eval = run_evaluation(config, p_eval, devices.replicate(_variables(state)), train,
                                test, num_classes, linear=False)
     log(f"untrained network: kNN top-1 {init_eval['knn_top1']:.4f} "
         f"(embedding {init_eval['knn_top1_embedding']:.4f})")
-    with open(init_eval_path, "w") as f:
-      json.dump(init_eval, f)
+    if is_main:
+      _write_json_atomic(init_eval_path, init_eval)
+      # Resets the log of an earlier attempt that died before its first checkpoint.
+      _truncate_metrics(workdir, 0)
+    history = []
   else:
     log(f"resuming from checkpoint at step {int(state.step)} "
         f"(epoch {int(state.step) // steps_per_epoch})")
     with open(init_eval_path) as f:
       init_eval = json.load(f)
+    history = [r for r in _truncate_metrics(workdir, int(state.step)) if "epoch_seconds" in r]
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    _write_json_atomic(os.path.join(workdir, "run_info.json"), {
+        "num_train_examples": len(train), "embed_dim": int(config.model.embed_dim),
+        "config": {f: list(v) if isinstance(v := _get(config, f), tuple) else v
+                   for f in RESUME_FIELDS}})
 
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, tx=tx, aug_cfg=aug_cfg, method_cfg=method_cfg),
       axis_name=devices.AXIS, donate_argnums=(0,))
   state = devices.replicate(state)
-  writer = reporting.MetricWriter(workdir, enabled=is_main)
-
   step = int(state.step[0])
   host_augment = None if config.augment.on_device else make_host_augment(
       aug_cfg, jax.device_get(state.rng[0]))
-  epoch_times, history = [], []
+  writer = reporting.MetricWriter(workdir, enabled=is_main)
+  acc = None  # metric sums since the last fetch, kept on device
+
+  def fetch_metrics() -> Optional[dict]:
+    """Brings the accumulated metrics to the host; stops the run if any step diverged."""
+    nonlocal acc
+    if acc is None:
+      return None
+    m, acc = reduce_metrics(acc), None
+    if m["first_bad_step"] is not None:
+      raise FloatingPointError(
+          f"non-finite loss, gradient or bank at step {m['first_bad_step']}; stopped without "
+          f"saving it. The last good checkpoint is kept: step {manager.latest_step()} in "
+          f"{manager.directory}. Lower optim.base_lr or bank.lr and rerun to resume from it.")
+    del m["first_bad_step"], m["nonfinite"]
+    return m
+
+  def save_checkpoint() -> None:
+    fetch_and_log()
+    checkpoint.save(manager, devices.unreplicate(state))
+
+  def fetch_and_log() -> None:
+    m = fetch_metrics()
+    if m is not None:
+      m["lr"] = float(schedule(step - 1))
+      writer.write(step, m, epoch=(step - 1) // steps_per_epoch + 1)
+      progress.update(step - epoch * steps_per_epoch - start, {"loss": m["loss"]})
+
   try:
-    while step < total_steps:
-      epoch, start = divmod(step, steps_per_epoch)
-      batches = data_lib.train_batches(
-          train, global_batch=global_batch, num_local_devices=nd, seed=config.seed, epoch=epoch,
-          start_step=start, process_index=jax.process_index(),
-          process_count=jax.process_count())
-      progress = reporting.Progress(steps_per_epoch - start,
-                                    f"epoch {epoch + 1}/{config.num_epochs}", global_batch)
-      batches = ({"image": b["image"], "index": b["index"]} for b in batches)
-      if host_augment is not None:
-        batches = (host_augment(b, s) for s, b in enumerate(batches, step))
-      t_epoch = time.perf_counter()
-      for i, batch in enumerate(devices.prefetch(batches, 2)):
-        state, sums = p_train_step(state, batch)
-        step += 1
-        if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
-          m = reduce_metrics(sums)
-          if m["nonfinite"]:
-            raise FloatingPointError(
-                f"non-finite loss, gradient or bank at step {step}; the last good checkpoint "
-                f"is kept (step {manager.latest_step()}).")
-          m["lr"] = float(schedule(step - 1))
-          writer.write(step, m, epoch=epoch + 1)
-          progress.update(i + 1, {"loss": m["loss"]})
-      jax.block_until_ready(state.step)
-      dt = time.perf_counter() - t_epoch
-      epoch_times.append((dt, steps_per_epoch - start))
-      epoch_done = step // steps_per_epoch
-      record = {"epoch_seconds": dt,
-                "images_per_second": (steps_per_epoch - start) * global_batch / dt}
-      if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
-          and epoch_done < config.num_epochs):
-        knn = run_evaluation(config, p_eval, _variables(state), train, test, num_classes,
-                             linear=False)
-        record.update(knn)
-        log(f"epoch {epoch_done}: kNN top-1 {knn['knn_top1']:.4f}")
-      writer.write(step, record, epoch=epoch_done)
-      history.append({"epoch": epoch_done, **record})
-      if epoch_done % config.checkpoint_every_epochs == 0 or step >= total_steps:
-        checkpoint.save(manager, devices.unreplicate(state))
-    manager.wait_until_finished()
+    with preemption.StopRequest() as stop:
+      while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        batches = data_lib.train_batches(
+            train, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
+            epoch=epoch, start_step=start, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        batches = ({"image": b["image"], "index": b["index"]} for b in batches)
+        if host_augment is not None:
+          batches = (host_augment(b, s) for s, b in enumerate(batches, step))
+        progress = reporting.Progress(steps_per_epoch - start,
+                                      f"epoch {epoch + 1}/{config.num_epochs}", global_batch)
+        t_epoch = time.perf_counter()
+        for batch in devices.prefetch(batches, 2):
+          state, sums = p_train_step(state, batch)
+          acc = sums if acc is None else accumulate_metrics(acc, sums)
+          step += 1
+          if stop.requested:
+            save_checkpoint()
+            manager.wait_until_finished()
+            raise preemption.Preempted(
+                f"received SIGTERM: checkpoint saved at step {step} in {manager.directory}. "
+                f"Rerun the same command to resume.")
+          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+            save_checkpoint()
+          elif step % config.log_every_steps == 0:
+            fetch_and_log()
+        fetch_and_log()
+        jax.block_until_ready(state.step)
+        dt = time.perf_counter() - t_epoch
+        epoch_done = step // steps_per_epoch
+        record = {"epoch_seconds": dt, "epoch_steps": steps_per_epoch - start,
+                  "images_per_second": (steps_per_epoch - start) * global_batch / dt}
+        if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
+            and epoch_done < config.num_epochs):
+          knn = run_evaluation(config, p_eval, _variables(state), train, test, num_classes,
+                               linear=False)
+          record.update(knn)
+          log(f"epoch {epoch_done}: kNN top-1 {knn['knn_top1']:.4f}")
+        writer.write(step, record, epoch=epoch_done)
+        history.append({"step": step, "epoch": epoch_done, **record})
+        if epoch_done % config.checkpoint_every_epochs == 0 or step >= total_steps:
+          save_checkpoint()
   finally:
+    # Lets a pending asynchronous save finish, whatever stopped the loop.
+    manager.wait_until_finished()
     writer.close()
 
   log("final evaluation (kNN and linear probe)...")
   final = run_evaluation(config, p_eval, _variables(state), train, test, num_classes, linear=True)
-  # Seconds per epoch without compilation: the first epoch of this process pays
-  # for it, so it is left out when later epochs exist.
-  timed = epoch_times[1:] or epoch_times
-  sec_per_step = sum(t for t, _ in timed) / max(sum(n for _, n in timed), 1)
+  # Seconds per step without compilation: the first epoch of each process pays
+  # for it, so it is left out where a full later epoch exists.
+  timed = [r for r in history if r["epoch_steps"] == steps_per_epoch][1:] or history
+  sec_per_step = (sum(r["epoch_seconds"] for r in timed)
+                  / max(sum(r["epoch_steps"] for r in timed), 1))
   summary = {
       "method": config.method,
       "dataset": config.data.source,
@@ -384,8 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
   }
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
         f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
         f"({summary['wall_seconds']:.0f} s, summary in {workdir}/summary.json)")

@@ -20,3 +20,10 @@ def test_tfds_split_is_decoded_in_stored_order(name, size):
   assert split.labels.dtype == np.int32 and len(split.class_names) == 10
   # Instance i is the i-th stored example: the same order on every read.
   np.testing.assert_array_equal(split.images, again.images)
+
+
+def test_unknown_tfds_dataset_is_a_clear_error():
+  # (A wrong split name cannot be tested offline: TFDS's mock data accepts any.)
+  cfg = ml_collections.ConfigDict(dict(source="tfds:cifar11", image_size=32))
+  with pytest.raises(data_lib.DataError, match="no TFDS dataset is named 'cifar11'"):
+    data_lib.load_split(cfg, "train")

@@ -1,0 +1,196 @@
+"""Reliability: exact resume after SIGKILL, SIGTERM, damaged checkpoints, divergence,
+incompatible workdirs, and replicas that stay equal across a resume.
+
+The subprocess tests run the real CLI on a tiny config over real CIFAR-10
+images (3 epochs of 7 steps, a checkpoint every 5 steps), on 2 fake devices.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ssl_jax import checkpoint
+from ssl_jax import train
+from tests.helpers import CIFAR10, needs_cifar10, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fraction=0.01",
+        "--config.data.test_fraction=0.02", "--config.model.name=resnet10",
+        "--config.model.width=0.125", "--config.batch_size=64", "--config.num_epochs=3",
+        "--config.eval.batch_size=256", "--config.eval.linear_epochs=2",
+        "--config.log_every_steps=2", "--config.checkpoint_every_steps=5"]
+TOTAL_STEPS = 21
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+
+def _command(workdir, *extra):
+  return [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
+          "--workdir", str(workdir), *TINY, *extra]
+
+
+def _run(workdir, *extra, expect=0):
+  proc = subprocess.run(_command(workdir, *extra), capture_output=True, text=True, cwd=REPO,
+                        env=ENV, timeout=600)
+  assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+  return proc.stdout + proc.stderr
+
+
+def _start_and_signal(workdir, sig, after_checkpoint):
+  """Starts a run, sends `sig` once the checkpoint of step `after_checkpoint` is committed."""
+  proc = subprocess.Popen(_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, cwd=REPO, env=ENV)
+  marker = pathlib.Path(workdir) / "checkpoints" / str(after_checkpoint) / "commit_success.txt"
+  deadline = time.time() + 600
+  while not marker.exists():
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=600)
+  return proc.returncode, out
+
+
+def _final_state(workdir):
+  path = pathlib.Path(workdir) / "checkpoints" / str(TOTAL_STEPS) / "default"
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _training_records(workdir):
+  timing = {"epoch_seconds", "epoch_steps", "images_per_second"}  # wall-clock facts
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
+
+
+def _assert_same_run(a, b):
+  sa, sb = _final_state(a), _final_state(b)
+  la, lb = jax.tree_util.tree_leaves_with_path(sa), jax.tree_util.tree_leaves(sb)
+  assert len(la) == len(lb) > 10
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  assert _training_records(a) == _training_records(b)
+  summary_a = json.load(open(pathlib.Path(a) / "summary.json"))
+  summary_b = json.load(open(pathlib.Path(b) / "summary.json"))
+  for key in ("knn_top1", "knn_top1_embedding", "linear_top1", "knn_top1_init"):
+    assert summary_a[key] == summary_b[key], key
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("reference")
+  _run(workdir)
+  return workdir
+
+
+@needs_cifar10
+def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
+  code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
+  assert code == -signal.SIGKILL
+  out = _run(tmp_path)
+  resumed_at = int(out.split("resuming from checkpoint at step ")[1].split()[0])
+  assert 10 <= resumed_at < TOTAL_STEPS and resumed_at % 7  # mid-epoch
+  _assert_same_run(reference_run, tmp_path)
+
+
+@needs_cifar10
+def test_sigterm_checkpoints_and_exits_with_a_resume_hint(reference_run, tmp_path):
+  code, out = _start_and_signal(tmp_path, signal.SIGTERM, after_checkpoint=5)
+  assert code == 143, out[-2000:]
+  assert "Rerun the same command to resume" in out and "Traceback" not in out
+  step = int(out.split("checkpoint saved at step ")[1].split()[0])
+  assert (tmp_path / "checkpoints" / str(step) / "commit_success.txt").exists()
+  out = _run(tmp_path)
+  assert f"resuming from checkpoint at step {step} " in out
+  _assert_same_run(reference_run, tmp_path)
+
+
+@needs_cifar10
+def test_damaged_checkpoints_fall_back_or_stop(reference_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  ckpts = workdir / "checkpoints"
+  steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert steps[-1] == TOTAL_STEPS and len(steps) == 3
+  # A crash during a save leaves only orbax's temporary folder: it is ignored.
+  (ckpts / "25.orbax-checkpoint-tmp-1234").mkdir()
+  (ckpts / "25.orbax-checkpoint-tmp-1234" / "junk").write_text("partial")
+  # Truncate every data file of the latest checkpoint.
+  for f in (ckpts / str(TOTAL_STEPS)).rglob("*"):
+    if f.is_file() and f.name not in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+      f.write_bytes(f.read_bytes()[:7])
+  config = tiny_config(**{"num_epochs": 3, "checkpoint_every_steps": 5})
+  split, _, _ = train.load_data(config, log=lambda *a: None)
+  model = train.build_model(config)
+  template = train.initial_state(config, model, train.optim.create_optimizer(
+      config.optim, lambda s: 0.1), len(split))
+  messages = []
+  state = checkpoint.restore_latest(checkpoint.create_manager(str(workdir)), template,
+                                    messages.append)
+  assert int(state.step) == steps[-2]
+  assert any(f"checkpoint at step {TOTAL_STEPS} is unreadable" in m for m in messages)
+  assert len(list(ckpts.glob(f"unreadable-{TOTAL_STEPS}-*"))) == 1
+  # The CLI resumes from that older checkpoint and finishes the run.
+  out = _run(workdir)
+  assert f"resuming from checkpoint at step {steps[-2]}" in out
+  # With every checkpoint damaged, the run stops instead of starting afresh.
+  for step_dir in ckpts.iterdir():
+    for f in step_dir.rglob("*"):
+      if f.is_file() and f.name not in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+        f.write_bytes(b"")
+  out = _run(workdir, expect=1)
+  assert "error: no usable checkpoint in" in out and "Traceback" not in out
+
+
+@needs_cifar10
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  out = _run(workdir, "--config.num_epochs=5", "--config.optim.base_lr=1e30", expect=1)
+  line = [l for l in out.splitlines() if l.startswith("error:")][0]
+  assert f"non-finite loss, gradient or bank at step {TOTAL_STEPS + 1}" in line or \
+         f"at step {TOTAL_STEPS + 2}" in line, line
+  assert f"The last good checkpoint is kept: step {TOTAL_STEPS}" in line
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  state = _final_state(workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
+
+
+@needs_cifar10
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.embed_dim=64", "holds a run with config.model.embed_dim=128, not 64"),
+    ("--config.data.fraction=0.02", "holds a run with config.data.fraction=0.01, not 0.02"),
+])
+def test_incompatible_workdir_is_refused(reference_run, tmp_path, flag, message):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  out = _run(workdir, flag, expect=1)
+  assert message in out and "Traceback" not in out
+
+
+@needs_cifar10
+def test_replicas_stay_equal_through_a_checkpoint_resume(tmp_path):
+  from tests.test_train_step import _run as run_steps, _setup
+  config = tiny_config(**{"batch_size": 64})
+  split, model, tx, state0 = _setup(config)
+  devs = jax.local_devices()
+  state, _ = run_steps(config, state0, model, tx, split, devs, 6, [])
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, jax.tree_util.tree_map(lambda x: x[0], state), wait=True)
+  restored = checkpoint.restore_latest(manager, state0)
+  for a, b in zip(jax.tree_util.tree_leaves(restored),
+                  jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], state))):
+    np.testing.assert_array_equal(a, b)
+  state, _ = run_steps(config, restored, model, tx, split, devs, 6, [])
+  for leaf in jax.tree_util.tree_leaves(state):
+    for r in range(1, len(devs)):
+      np.testing.assert_array_equal(leaf[r], leaf[0])
