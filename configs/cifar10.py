@@ -6,8 +6,9 @@
 from configs import default
 
 
-def get_config():
-  config = default.get_config()
+def get_config(method: str = "ours"):
+  """`--config configs/<name>.py:npid` picks a method (ours, npid, simclr, byol)."""
+  config = default.get_config(method or "ours")
   config.model.dtype = "bfloat16"
   config.lock()
   return config

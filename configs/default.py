@@ -24,10 +24,35 @@ def cifar10_source() -> tuple[str, str]:
   return "tfds:cifar10", f"{SHARED_CIFAR10} not found, so TFDS cifar10 (downloads once)"
 
 
-def get_config() -> ml_collections.ConfigDict:
+METHODS = ("ours", "npid", "simclr", "byol")
+
+
+def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """Sets config.method and the fields that define it (the rest stays shared).
+
+  ours:   calibrated bank, gradient bank update, SqrtKL (METHOD.md defaults).
+  npid:   random bank, momentum update (m = 0.5), cross-entropy only, tau 0.07.
+  simclr: two views, NT-Xent (config.simclr), MLP projection head.
+  byol:   two views, EMA target (config.byol), MLP projector and predictor.
+  """
+  if method not in METHODS:
+    raise ValueError(f"config.method must be one of {list(METHODS)}, got {method!r}.")
+  config.method = method
+  if method == "npid":
+    config.bank.init = "random"
+    config.bank.update_rule = "momentum"
+    config.bank.momentum = 0.5
+    config.loss.kl_weight = 0.0
+    config.loss.temperature = 0.07
+  elif method in ("simclr", "byol"):
+    config.model.head = "mlp"
+  return config
+
+
+def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.method = "ours"
+  config.method = method
 
   config.data = ml_collections.ConfigDict()
   source, reason = cifar10_source()
@@ -51,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = 1.0
   config.model.embed_dim = 128
   config.model.dtype = "float32"    # "bfloat16": bf16 compute, float32 params, bank and loss
+  config.model.head = "linear"      # projection P: "linear" (METHOD.md) or "mlp"
+  config.model.head_hidden = 2048   # hidden width of an MLP head (and of BYOL's predictor)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.temperature = 0.1
@@ -66,6 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (1 - p) z / (B tau), so eta_V = B * tau / 2 moves it like momentum 0.5 does.
   config.bank.lr = 0.5 * 512 * 0.1
   config.bank.momentum = 0.5
+
+  # Baselines (used when config.method is "simclr" or "byol").
+  config.simclr = ml_collections.ConfigDict()
+  config.simclr.temperature = 0.2   # solo-learn's CIFAR value
+  config.byol = ml_collections.ConfigDict()
+  config.byol.target_decay = 0.99   # EMA decay at step 0, cosine to 1 at the end
 
   config.augment = ml_collections.ConfigDict()
   config.augment.on_device = True
@@ -100,4 +133,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 1
   config.checkpoint_every_steps = 0   # also every this many steps (0: only at epoch ends)
   config.keep_checkpoints = 3
-  return config
+  return set_method(config, method)

@@ -10,8 +10,9 @@ Prints the kNN top-1 of the untrained network next to the trained one.
 from configs import default
 
 
-def get_config():
-  config = default.get_config()
+def get_config(method: str = "ours"):
+  """`--config configs/<name>.py:npid` picks a method (ours, npid, simclr, byol)."""
+  config = default.get_config(method or "ours")
   config.data.fraction = 0.1        # 5,000 training images
   config.data.test_fraction = 0.2   # 2,000 test images
   config.model.name = "resnet18"

@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from ssl_jax.state import TrainState
@@ -32,7 +33,10 @@ def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> int:
   """Saves an unreplicated state at its step (asynchronously unless `wait`); returns the step."""
-  step = int(jax.device_get(state.step))
+  # Host (NumPy) copies: with several processes, orbax writes such leaves once,
+  # from process 0, and every process must call save for its barriers.
+  state = jax.device_get(state)
+  step = int(state.step)
   manager.save(step, args=ocp.args.StandardSave(state), force=True)
   if wait:
     manager.wait_until_finished()
@@ -49,7 +53,9 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  # NumPy targets: every process restores the whole (small) state on the host.
+  abstract = jax.tree_util.tree_map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype),
+                                    jax.device_get(template))
   errors = []
   for step in steps:
     try:

@@ -23,8 +23,16 @@ def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
 
 
 def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
-  """Copies every leaf onto each device: leaf [...] -> [D, ...]."""
+  """Copies every leaf onto each local device: leaf [...] -> [D, ...].
+
+  With several processes, the copies stay host arrays that pmap places
+  itself (its inputs are each process's local slice of the global devices).
+  """
   devices = list(devices or jax.local_devices())
+  if jax.process_count() > 1:
+    return jax.tree_util.tree_map(
+        lambda x: np.broadcast_to(np.asarray(jax.device_get(x)), (len(devices), *np.shape(x))),
+        tree)
   sharding = _sharding(devices)
 
   def put(x):
@@ -35,11 +43,33 @@ def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """Replica 0 of every leaf: [D, ...] -> [...]."""
-  return jax.tree_util.tree_map(lambda x: x[0], tree)
+  """This process's first replica of every leaf: [D, ...] -> [...] on one device.
+
+  Works for pmap outputs spanning several processes too, where `x[0]` would
+  name a replica another process holds.
+  """
+  def first(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+      return shard.data[0]
+    return x[0]
+  return jax.tree_util.tree_map(first, tree)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """A pmap output [D_global, ...] -> this process's [D_local, ...] rows as NumPy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+  return np.asarray(x)
 
 
 def prefetch(batches: Iterable[Any], size: int = 2,
              devices: Optional[Sequence[jax.Device]] = None) -> Iterator[Any]:
-  """Sends batches [D, b, ...] to the devices `size` steps ahead of the step."""
+  """Sends batches [D, b, ...] to the devices `size` steps ahead of the step.
+
+  With several processes pmap takes each process's host batch directly.
+  """
+  if jax.process_count() > 1:
+    return iter(batches)
   return jax_utils.prefetch_to_device(iter(batches), size, devices=devices, axis_name=AXIS)

@@ -47,13 +47,17 @@ def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "i
 
 def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
                      batch_size: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
-  """Backbone features h [N, D_h] and embeddings z [N, d] of a split, in index order."""
+  """Backbone features h [N, D_h] and embeddings z [N, d] of a split, in index order.
+
+  Every process passes the whole split and keeps what its own devices
+  computed, so each ends with all features (computed once per process).
+  """
   hs, zs = [], []
   for batch in data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices):
     h, z = p_embed(variables, batch["image"])
     mask = batch["mask"].reshape(-1)
-    hs.append(np.asarray(h).reshape(mask.size, -1)[mask])
-    zs.append(np.asarray(z).reshape(mask.size, -1)[mask])
+    hs.append(devices.local_rows(h).reshape(mask.size, -1)[mask])
+    zs.append(devices.local_rows(z).reshape(mask.size, -1)[mask])
   return np.concatenate(hs), np.concatenate(zs)
 
 

@@ -21,6 +21,7 @@ STAGES = {
     "resnet50": ((3, 4, 6, 3), "bottleneck"),
 }
 STEMS = ("cifar", "imagenet")
+HEADS = ("linear", "mlp")
 
 
 class BasicBlock(nn.Module):
@@ -92,22 +93,57 @@ class ResNet(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-class Encoder(nn.Module):
-  """Backbone plus linear projection: returns (h [B, D], z [B, embed_dim] unit rows)."""
-  backbone: ResNet
-  embed_dim: int = 128
+class MLP(nn.Module):
+  """Dense -> BatchNorm -> ReLU -> Dense: the SimCLR / BYOL projection and predictor."""
+  hidden: int
+  out: int
+  dtype: Any
+  bn_axis_name: Optional[str]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.Dense(self.hidden, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                     axis_name=self.bn_axis_name if train else None)(x)
+    return nn.Dense(self.out, dtype=self.dtype)(nn.relu(x))
+
+
+class Encoder(nn.Module):
+  """Backbone plus projection head (plus BYOL's predictor where configured).
+
+  Returns (h [B, D] backbone features, z [B, embed_dim] projection, unit rows
+  when `normalize`), and with `with_prediction=True` also the predictor output
+  p [B, embed_dim]. All outputs are float32.
+  """
+  backbone: ResNet
+  embed_dim: int = 128
+  head: str = "linear"          # "linear" (METHOD.md's P) or "mlp"
+  head_hidden: int = 2048
+  normalize: bool = True
+  predictor_hidden: int = 0     # > 0 adds BYOL's predictor MLP
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, with_prediction: bool = False):
     h = self.backbone(x, train)
-    z = nn.Dense(self.embed_dim, dtype=self.backbone.dtype)(h).astype(jnp.float32)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    return h, z
+    dtype, axis = self.backbone.dtype, self.backbone.bn_axis_name
+    if self.head == "mlp":
+      z = MLP(self.head_hidden, self.embed_dim, dtype, axis)(h, train)
+    else:
+      z = nn.Dense(self.embed_dim, dtype=dtype)(h)
+    z = z.astype(jnp.float32)
+    if self.normalize:
+      z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    if not with_prediction:
+      return h, z
+    p = MLP(self.predictor_hidden, self.embed_dim, dtype, axis, name="predictor")(z, train)
+    return h, z, p.astype(jnp.float32)
 
 
 def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
                    embed_dim: int = 128, dtype: str = "float32",
-                   bn_axis_name: Optional[str] = None) -> Encoder:
+                   bn_axis_name: Optional[str] = None, head: str = "linear",
+                   head_hidden: int = 2048, normalize: bool = True,
+                   predictor_hidden: int = 0) -> Encoder:
   """Builds an encoder from config values; raises ValueError naming a bad field."""
   if name not in STAGES:
     raise ValueError(f"config.model.name must be one of {sorted(STAGES)}, got {name!r}.")
@@ -117,6 +153,8 @@ def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
     raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
   if not width > 0:
     raise ValueError(f"config.model.width must be > 0, got {width}.")
+  if head not in HEADS:
+    raise ValueError(f"config.model.head must be one of {HEADS}, got {head!r}.")
   stages, block = STAGES[name]
   backbone = ResNet(stages, block, width, stem, jnp.dtype(dtype), bn_axis_name)
-  return Encoder(backbone, embed_dim)
+  return Encoder(backbone, embed_dim, head, head_hidden, normalize, predictor_hidden)

@@ -16,8 +16,11 @@ class TrainState:
   step: int32 scalar, optimizer steps taken (also positions the data order).
   params, batch_stats: the encoder's variables.
   opt_state: optax state.
-  bank: [N, d] float32 memory bank, unit rows, replicated on every device.
+  bank: [N, d] float32 memory bank, unit rows, replicated on every device
+    (an unused [1, d] placeholder for methods without a bank).
   rng: uint32 [2] base key; step t uses fold_in(rng, t).
+  extra: the method's own state ({} for the bank methods; BYOL's EMA target
+    network as {'params', 'batch_stats'}).
   """
   step: jax.Array
   params: Any
@@ -25,12 +28,15 @@ class TrainState:
   opt_state: Any
   bank: jax.Array
   rng: jax.Array
+  extra: Any = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(model, tx, rng: jax.Array, image_shape: tuple[int, ...],
                        bank: jax.Array) -> TrainState:
   """Initialises the encoder's variables and the optimizer around a given bank."""
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  # Initialise through BYOL's predictor too where the model has one.
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False,
+                         with_prediction=model.predictor_hidden > 0)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),

@@ -37,9 +37,13 @@ from ssl_jax import optim
 from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax.methods import bank_method
+from ssl_jax.methods import byol
+from ssl_jax.methods import simclr
 from ssl_jax.state import TrainState, create_train_state
 
-METHODS = ("ours",)
+BANK_METHODS = ("ours", "npid")    # one view against the memory bank (METHOD.md)
+TWO_VIEW_METHODS = ("simclr", "byol")
+METHODS = BANK_METHODS + TWO_VIEW_METHODS
 
 
 # ----------------------------------------------------------------------------
@@ -86,21 +90,74 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   params = optax.apply_updates(state.params, updates)
   new_bank = bank_method.bank_transition(state.bank, z, s, idx, method_cfg, axis_name)
 
-  b = jnp.asarray(idx.shape[0], jnp.float32)
-  sums = {"loss": loss * b, "ce": ce * b, "sqrt_kl": skl * b, "count": b,
-          "pos_prob": jnp.sum(jnp.exp(jnp.take_along_axis(
-              jax.nn.log_softmax(s), idx[:, None], axis=1)))}
-  finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(new_bank))
-  finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+  pos_prob = jnp.mean(jnp.exp(jnp.take_along_axis(jax.nn.log_softmax(s), idx[:, None], axis=1)))
+  sums = _metric_sums(state, {"loss": loss, "ce": ce, "sqrt_kl": skl, "pos_prob": pos_prob},
+                      idx.shape[0], grads, new_bank, axis_name)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, bank=new_bank)
+  return new_state, sums
+
+
+def _metric_sums(state: TrainState, means: dict, batch: int, grads, bank: jax.Array,
+                 axis_name: Optional[str]) -> dict:
+  """Per-replica means -> global (sum, count) pairs, plus the divergence flags."""
+  b = jnp.asarray(batch, jnp.float32)
+  sums = {k: v * b for k, v in means.items()}
+  sums["count"] = b
+  finite = jnp.isfinite(means["loss"]) & jnp.all(jnp.isfinite(bank))
+  for g in jax.tree_util.tree_leaves(grads):
+    finite &= jnp.all(jnp.isfinite(g))
   sums["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   # The 1-based number of this step if anything in it was not finite, else a
   # sentinel; `accumulate_metrics` keeps the minimum over a logging interval.
   sums["first_bad_step"] = jnp.where(sums["nonfinite"] > 0, state.step + 1, _NO_BAD_STEP)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, bank=new_bank)
-  return new_state, sums
+  return sums
+
+
+def two_view_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+                  aug_cfg: augment.AugmentConfig, method: str, temperature: float,
+                  total_steps: int, target_decay: float,
+                  axis_name: Optional[str] = devices.AXIS) -> tuple[TrainState, dict]:
+  """One step of a two-view baseline (SimCLR or BYOL); same contract as `train_step`.
+
+  Both views of the b images go through the encoder as one [2b] batch, so
+  BatchNorm sees both (and, with sync BN, the global batch of views).
+  """
+  idx = batch["index"]
+  key = step_key(state.rng, state.step)
+  views = [augment.augment_batch(jax.random.fold_in(key, v), batch["image"], idx, aug_cfg)
+           for v in (0, 1)]
+  x = jnp.concatenate(views)
+  b = idx.shape[0]
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if method == "simclr":
+      (_, z), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+      loss = simclr.nt_xent(z[:b], z[b:], temperature, axis_name)
+    else:
+      (_, _, p), updates = model.apply(variables, x, train=True, with_prediction=True,
+                                       mutable=["batch_stats"])
+      # The target normalises with its own batch statistics; its running
+      # statistics follow the online network's by EMA below.
+      (_, t), _ = model.apply(state.extra, x, train=True, mutable=["batch_stats"])
+      loss = byol.byol_loss(p[:b], p[b:], t[:b], t[b:])
+    return loss, updates["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  extra = state.extra
+  if method == "byol":
+    decay = byol.target_decay(state.step, total_steps, target_decay)
+    extra = byol.ema(extra, {"params": params, "batch_stats": batch_stats}, decay)
+  sums = _metric_sums(state, {"loss": loss}, b, grads, state.bank, axis_name)
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state, extra=extra), sums
 
 
 _NO_BAD_STEP = np.iinfo(np.int32).max
@@ -116,11 +173,12 @@ def accumulate_metrics(acc: dict, sums: dict) -> dict:
 
 def reduce_metrics(sums: dict) -> dict:
   """Global means from psum'd (sum, count) pairs (replica 0's copy) of one or more steps."""
-  sums = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], sums))
+  sums = jax.device_get(devices.unreplicate(sums))
   n = float(sums["count"])
   bad = int(sums["first_bad_step"])
-  return {"loss": sums["loss"] / n, "ce": sums["ce"] / n, "sqrt_kl": sums["sqrt_kl"] / n,
-          "pos_prob": sums["pos_prob"] / n, "nonfinite": float(sums["nonfinite"]),
+  means = {k: float(v) / n for k, v in sums.items()
+           if k not in ("count", "nonfinite", "first_bad_step")}
+  return {**means, "nonfinite": float(sums["nonfinite"]),
           "first_bad_step": None if bad == _NO_BAD_STEP else bad}
 
 
@@ -146,6 +204,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   allowed("model.name", config.model.name, sorted(models.STAGES))
   allowed("model.stem", config.model.stem, models.STEMS)
   allowed("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  allowed("model.head", config.model.head, models.HEADS)
+  if not config.simclr.temperature > 0:
+    raise ConfigError(f"config.simclr.temperature must be > 0, got {config.simclr.temperature}.")
+  if not 0.0 <= config.byol.target_decay <= 1.0:
+    raise ConfigError(f"config.byol.target_decay must be in [0, 1], got {config.byol.target_decay}.")
   data_lib.parse_source(config.data.source)
   if not config.loss.temperature > 0:
     raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
@@ -179,8 +242,24 @@ def augment_config(config) -> augment.AugmentConfig:
 
 def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
   m = config.model
-  return models.create_encoder(m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim,
-                               dtype=m.dtype, bn_axis_name=bn_axis_name)
+  return models.create_encoder(
+      m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim, dtype=m.dtype,
+      bn_axis_name=bn_axis_name, head=m.head, head_hidden=m.head_hidden,
+      # BYOL regresses raw projections through its predictor; the others use unit z.
+      normalize=config.method != "byol",
+      predictor_hidden=m.head_hidden if config.method == "byol" else 0)
+
+
+def make_train_step(config, model, tx, total_steps: int):
+  """The method's pure step `(state, batch) -> (state, metric sums)`, ready to pmap."""
+  aug_cfg = augment_config(config)
+  if config.method in BANK_METHODS:
+    return functools.partial(train_step, model=model, tx=tx, aug_cfg=aug_cfg,
+                             method_cfg=bank_method.BankMethodConfig.from_config(config))
+  return functools.partial(two_view_step, model=model, tx=tx, aug_cfg=aug_cfg,
+                           method=config.method, temperature=float(config.simclr.temperature),
+                           total_steps=total_steps,
+                           target_decay=float(config.byol.target_decay))
 
 
 def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
@@ -193,15 +272,25 @@ def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
 
 
 def initial_state(config, model, tx, num_examples: int) -> TrainState:
-  """Fresh encoder and optimizer state around an all-zero [N, d] bank (see `init_bank`)."""
+  """Fresh encoder and optimizer state around an all-zero [N, d] bank (see `init_bank`).
+
+  Methods without a bank carry an unused [1, d] placeholder (orbax cannot
+  save empty arrays); BYOL's target starts as a copy of the online network.
+  """
   size = int(config.data.image_size)
-  bank = jnp.zeros((num_examples, int(config.model.embed_dim)), jnp.float32)
-  return create_train_state(model, tx, jax.random.PRNGKey(config.seed), (size, size, 3), bank)
+  rows = num_examples if config.method in BANK_METHODS else 1
+  bank = jnp.zeros((rows, int(config.model.embed_dim)), jnp.float32)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (size, size, 3), bank)
+  if config.method == "byol":
+    state = state.replace(extra=_variables(state))
+  return state
 
 
 def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> TrainState:
   """The bank of `config.bank.init`: random rows, or one pass of the untrained network."""
   n, d = state.bank.shape
+  if config.method not in BANK_METHODS:
+    return state
   if config.bank.init == "random":
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     return state.replace(bank=bank_lib.random_bank(key, n, d))
@@ -226,6 +315,31 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
                                              batch_size=bs, num_devices=nd)
   return evaluate.evaluate_features(train_h, train_z, train.labels, test_h, test_z, test.labels,
                                     config.eval, num_classes, linear=linear)
+
+
+def check_replicas(state: TrainState) -> bool:
+  """Whether every replica, in every process, holds bit-identical params, stats and bank.
+
+  Compares a digest of each local replica, then the digests of all processes.
+  """
+  import hashlib
+  from jax.experimental import multihost_utils
+
+  def digest(tree) -> int:
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+      h.update(np.ascontiguousarray(leaf).tobytes())
+    return int.from_bytes(h.digest()[:4], "little")
+
+  tree = (state.params, state.batch_stats, state.bank)
+  rows = jax.tree_util.tree_map(devices.local_rows, tree)
+  local = {digest(jax.tree_util.tree_map(lambda x: x[r], rows))
+           for r in range(jax.local_device_count())}
+  if len(local) > 1:
+    return False
+  mine = np.asarray([local.pop()], np.uint32)
+  everyone = (multihost_utils.process_allgather(mine) if jax.process_count() > 1 else mine)
+  return bool(np.all(np.asarray(everyone) == mine[0]))
 
 
 def make_host_augment(aug_cfg: augment.AugmentConfig, rng: np.ndarray):
@@ -366,7 +480,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           config.num_epochs)
   tx = optim.create_optimizer(config.optim, schedule)
   aug_cfg = augment_config(config)
-  method_cfg = bank_method.BankMethodConfig.from_config(config)
   p_eval = evaluate.make_embed_fn(model, aug_cfg)
 
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
@@ -399,13 +512,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "config": {f: list(v) if isinstance(v := _get(config, f), tuple) else v
                    for f in RESUME_FIELDS}})
 
-  p_train_step = jax.pmap(
-      functools.partial(train_step, model=model, tx=tx, aug_cfg=aug_cfg, method_cfg=method_cfg),
-      axis_name=devices.AXIS, donate_argnums=(0,))
+  p_train_step = jax.pmap(make_train_step(config, model, tx, total_steps),
+                          axis_name=devices.AXIS, donate_argnums=(0,))
   state = devices.replicate(state)
-  step = int(state.step[0])
+  step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else make_host_augment(
-      aug_cfg, jax.device_get(state.rng[0]))
+      aug_cfg, jax.device_get(devices.unreplicate(state.rng)))
   writer = reporting.MetricWriter(workdir, enabled=is_main)
   acc = None  # metric sums since the last fetch, kept on device
 
@@ -483,6 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     writer.close()
 
+  replicas_identical = check_replicas(state)
   log("final evaluation (kNN and linear probe)...")
   final = run_evaluation(config, p_eval, _variables(state), train, test, num_classes, linear=True)
   # Seconds per step without compilation: the first epoch of each process pays
@@ -505,6 +618,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "images_per_second": global_batch / sec_per_step if sec_per_step else None,
       "peak_memory_bytes": peak_memory_bytes(),
       "skipped_files": skipped,
+      "processes": jax.process_count(),
+      "replicas_identical": replicas_identical,
       "wall_seconds": time.time() - t_start,
       "history": history,
   }

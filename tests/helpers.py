@@ -12,9 +12,9 @@ needs_cifar10 = pytest.mark.skipif(
     not os.path.exists(CIFAR10), reason=f"{CIFAR10} (the shared CIFAR-10 archive) is absent")
 
 
-def tiny_config(**overrides):
+def tiny_config(method="ours", **overrides):
   """Quickstart shrunk to seconds: a ResNet-10 of width 1/8 on 1% of CIFAR-10."""
-  config = quickstart.get_config()
+  config = quickstart.get_config(method)
   config.unlock()
   config.data.source = f"folder:{CIFAR10}"
   config.data.fraction = 0.01       # 500 images
@@ -25,6 +25,7 @@ def tiny_config(**overrides):
   config.num_epochs = 1
   config.eval.batch_size = 256
   config.eval.linear_epochs = 2
+  config.model.head_hidden = 64
   config.log_every_steps = 1
   for key, value in overrides.items():
     node = config

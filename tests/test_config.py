@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "simsiam", "config.method must be one of"),
+    ("method", "simsiam", "config.method must be one of ['ours', 'npid', 'simclr', 'byol']"),
     ("bank.update_rule", "ema", "config.bank.update_rule must be one of ['grad', 'momentum']"),
     ("bank.init", "zeros", "config.bank.init must be one of"),
     ("loss.temperature", 0.0, "config.loss.temperature must be > 0"),
@@ -27,7 +27,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
     ("optim.name", "adam", "config.optim.name must be one of"),
 ])
 def test_validate_config_names_the_field(field, value, message):
-  config = tiny_config(**{field: value})
+  config = tiny_config()
+  *path, leaf = field.split(".")
+  node = config
+  for p in path:
+    node = node[p]
+  node[leaf] = value
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
                      .replace("[", r"\[").replace("]", r"\]")):
     train.validate_config(config, num_devices=4)
@@ -35,7 +40,10 @@ def test_validate_config_names_the_field(field, value, message):
 
 def test_shipped_configs_are_valid():
   for module in (cifar10, quickstart):
-    train.validate_config(module.get_config(), num_devices=1)
+    for method in ("ours", "npid", "simclr", "byol"):
+      config = module.get_config(method)
+      assert config.method == method
+      train.validate_config(config, num_devices=1)
 
 
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path):

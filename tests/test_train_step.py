@@ -11,7 +11,6 @@ from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
 from ssl_jax import optim
 from ssl_jax import train
-from ssl_jax.methods import bank_method
 from tests.helpers import needs_cifar10, tiny_config
 
 
@@ -27,9 +26,7 @@ def _setup(config):
 
 
 def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
-  step_fn = functools.partial(train.train_step, model=model, tx=tx,
-                              aug_cfg=train.augment_config(config),
-                              method_cfg=bank_method.BankMethodConfig.from_config(config))
+  step_fn = train.make_train_step(config, model, tx, total_steps=20)
 
   def counted(state, batch):
     trace_counter.append(1)  # runs once per trace, never per execution
@@ -45,9 +42,12 @@ def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
 
 
 @needs_cifar10
-@pytest.mark.parametrize("update_rule", ["grad", "momentum"])
-def test_four_devices_match_one_device_and_replicas_stay_equal(update_rule):
-  config = tiny_config(**{"bank.update_rule": update_rule})
+@pytest.mark.parametrize("method,update_rule", [
+    ("ours", "grad"), ("ours", "momentum"), ("simclr", None), ("byol", None)])
+def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_rule):
+  config = tiny_config(method=method)
+  if update_rule:
+    config.bank.update_rule = update_rule
   split, model, tx, state0 = _setup(config)
   devices = jax.local_devices()
   assert len(devices) == 4
@@ -63,10 +63,16 @@ def test_four_devices_match_one_device_and_replicas_stay_equal(update_rule):
   for (path, a), b in zip(flat4, flat1):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
-  # The run did something: the bank and the params moved from their start.
-  assert np.abs(np.asarray(s4.bank[0]) - np.asarray(state0.bank)).max() > 1e-3
+  # The run did something: the params (and the bank, or BYOL's target) moved.
+  moved = lambda a, b: max(np.abs(np.asarray(x[0]) - np.asarray(y)).max()
+                           for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  assert moved(s4.params, state0.params) > 1e-4
   assert int(s4.step[0]) == 4
-  np.testing.assert_allclose(np.linalg.norm(s4.bank[0], axis=1), 1.0, rtol=1e-5)
+  if method == "ours":
+    assert moved(s4.bank, state0.bank) > 1e-3
+    np.testing.assert_allclose(np.linalg.norm(s4.bank[0], axis=1), 1.0, rtol=1e-5)
+  if method == "byol":
+    assert moved(s4.extra, state0.extra) > 1e-6
 
 
 @needs_cifar10
