@@ -58,6 +58,9 @@ def test_bad_folders_name_the_culprit(tmp_path):
     data_lib.load_split(cfg, "train")
   with pytest.raises(data_lib.DataError, match="split folder .*test.* not found"):
     data_lib.load_split(cfg, "test")
+  (tmp_path / "val").mkdir()  # a split folder without any class folder
+  with pytest.raises(data_lib.DataError, match="split 'val' in .* has no images"):
+    data_lib.load_split(cfg, "val")
   with pytest.raises(ValueError, match="config.data.source must be"):
     data_lib.load_split(_cfg("cifar10"), "train")
 
