@@ -539,6 +539,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fetch_and_log()
     checkpoint.save(manager, devices.unreplicate(state))
 
+  def preempt() -> None:
+    if manager.latest_step() != step:
+      save_checkpoint()
+    manager.wait_until_finished()
+    raise preemption.Preempted(
+        f"received SIGTERM: checkpoint saved at step {step} in {manager.directory}. "
+        f"Rerun the same command to resume.")
+
   def fetch_and_log() -> None:
     m = fetch_metrics()
     if m is not None:
@@ -564,12 +572,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           state, sums = p_train_step(state, batch)
           acc = sums if acc is None else accumulate_metrics(acc, sums)
           step += 1
-          if stop.requested:
-            save_checkpoint()
-            manager.wait_until_finished()
-            raise preemption.Preempted(
-                f"received SIGTERM: checkpoint saved at step {step} in {manager.directory}. "
-                f"Rerun the same command to resume.")
+          # At an epoch's last step the epoch-end work (record, kNN, save)
+          # runs first, so a resumed run's log matches an uninterrupted one.
+          if stop.requested and step % steps_per_epoch:
+            preempt()
           if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
             save_checkpoint()
           elif step % config.log_every_steps == 0:
@@ -590,6 +596,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         history.append({"step": step, "epoch": epoch_done, **record})
         if epoch_done % config.checkpoint_every_epochs == 0 or step >= total_steps:
           save_checkpoint()
+        if stop.requested:
+          preempt()
   finally:
     # Lets a pending asynchronous save finish, whatever stopped the loop.
     manager.wait_until_finished()
