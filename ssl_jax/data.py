@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import pathlib
-import sys
 import tarfile
 from typing import Iterator, Optional
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,5 @@
 """The comparison experiment's config presets and report (table, JSON, plot)."""
 
-import json
 
 import pytest
 

@@ -1,9 +1,7 @@
 """The pmapped train step: replica equality, 1- vs 4-device equivalence, one compile."""
 
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
