@@ -66,6 +66,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.data.fraction = 1.0        # fixed seeded subset of the training split
   config.data.test_fraction = 1.0   # of the test split, for quick CPU runs only
   config.data.subset_seed = 0
+  # Contiguous data shards, each with its own per-epoch order (0: one per
+  # process). It fixes the data order: a 1-process run with shards=2 sees the
+  # global batches of a 2-process run.
+  config.data.shards = 0
   config.data.cache_dir = "~/.cache/ssl_jax"  # decoded folder sources ("" to disable)
   config.data.skip_corrupt = False
   config.data.tfds_data_dir = ""
@@ -93,6 +97,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # (1 - p) z / (B tau), so eta_V = B * tau / 2 moves it like momentum 0.5 does.
   config.bank.lr = 0.5 * 512 * 0.1
   config.bank.momentum = 0.5
+  # Bank rows split across devices (memory N d / devices each); checkpoints
+  # hold the whole bank either way. See ssl_jax/sharded_bank.py.
+  config.bank.sharded = False
 
   # Baselines (used when config.method is "simclr" or "byol").
   config.simclr = ml_collections.ConfigDict()

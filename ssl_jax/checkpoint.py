@@ -26,7 +26,13 @@ class CheckpointError(RuntimeError):
 
 
 def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  # With several processes saves are synchronous: an asynchronous save's
+  # background thread joins cross-process barriers that can interleave with
+  # the next train steps' collectives differently in each process (a deadlock
+  # seen with 2 processes on gloo). One process keeps async saves.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True,
+      enable_async_checkpointing=jax.process_count() == 1)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 

@@ -14,6 +14,14 @@ Sources:
                  stl10, imagenet2012...), decoded through tf.data. TensorFlow is
                  imported only here.
 
+Several processes (see `ssl_jax.distributed`): the instances of a split are
+cut into `num_shards` contiguous shards (by default one per process) and each
+process decodes only the rows of its own shards; instance indices stay global.
+Each shard draws its own per-epoch permutation and contributes
+`global_batch / num_shards` examples to every global batch, so the data order
+is a function of (seed, epoch, num_shards): one process with
+`config.data.shards=2` sees exactly the global batches of a 2-process run.
+
 The in-memory design fits CIFAR, STL-10 and the small-data regime the method
 targets (CIFAR-10 at 32x32 is 150 MB). ImageNet at 224x224 does not fit in host
 memory this way.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import pathlib
 import tarfile
@@ -38,17 +47,76 @@ class DataError(ValueError):
   """Bad input data: names the file or folder at fault."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How the N instances of a split are divided among shards and processes.
+
+  Shard s holds the contiguous instances [lo_s, hi_s) (sizes differ by at
+  most one); process p holds shards [p * S / P, (p + 1) * S / P), so its rows
+  are contiguous too.
+  """
+  num_examples: int
+  num_shards: int = 1
+  process_index: int = 0
+  process_count: int = 1
+
+  def __post_init__(self):
+    if self.num_shards < 1 or self.num_shards % self.process_count:
+      raise ValueError(f"config.data.shards ({self.num_shards}) must be a positive multiple "
+                       f"of the process count ({self.process_count}).")
+    if self.num_shards > 1 and self.num_examples < self.num_shards:
+      raise DataError(f"a split of {self.num_examples} examples cannot be cut into "
+                      f"{self.num_shards} shards.")
+
+  def shard_bounds(self, shard: int) -> tuple[int, int]:
+    n, s = self.num_examples, self.num_shards
+    return shard * n // s, (shard + 1) * n // s
+
+  @property
+  def local_shards(self) -> range:
+    per = self.num_shards // self.process_count
+    return range(self.process_index * per, (self.process_index + 1) * per)
+
+  @property
+  def local_bounds(self) -> tuple[int, int]:
+    """[lo, hi): the instances this process holds."""
+    return (self.shard_bounds(self.local_shards[0])[0],
+            self.shard_bounds(self.local_shards[-1])[1])
+
+  def process_bounds(self, process: int) -> tuple[int, int]:
+    return dataclasses.replace(self, process_index=process).local_bounds
+
+
 @dataclasses.dataclass
 class Split:
-  """One decoded split. images: uint8 [N, S, S, 3]; labels: int32 [N]."""
+  """This process's rows of one decoded split.
+
+  images: uint8 [n, S, S, 3]; labels: int32 [n]; row r is instance
+  `layout.local_bounds[0] + r` of the split's `layout.num_examples`.
+  """
   images: np.ndarray
   labels: np.ndarray
   class_names: tuple[str, ...]
-  # Position of each example in the full split before `subset` (for fractions).
+  # Position of each row in the full split before `subset` (for fractions).
   source_index: Optional[np.ndarray] = None
+  layout: Optional[Layout] = None  # None: one process holding the whole split
+
+  def __post_init__(self):
+    if self.layout is None:
+      self.layout = Layout(len(self))
 
   def __len__(self) -> int:
+    """Rows held by this process (== num_examples with one process)."""
     return int(self.images.shape[0])
+
+  @property
+  def num_examples(self) -> int:
+    """Instances in the whole split, over all processes: the bank's row count."""
+    return self.layout.num_examples
+
+  @property
+  def offset(self) -> int:
+    return self.layout.local_bounds[0]
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -127,8 +195,12 @@ def _list_tar(tar: tarfile.TarFile, path: str, split: str) -> list[tuple[str, ta
 
 
 def _decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
-                   log=print) -> tuple[Split, int]:
-  """Decodes a folder tree or .tar.gz split; returns (split, number of skipped files)."""
+                   log=print, keep=None) -> tuple[Split, int]:
+  """Decodes a folder tree or .tar.gz split; returns (split, number of skipped files).
+
+  keep(n) -> sorted positions, given the number n of files in the split,
+  restricts decoding to those files (None: all of them).
+  """
   images, labels, skipped = [], [], 0
   if os.path.isdir(path):
     entries = _list_folder(pathlib.Path(path), split)
@@ -146,6 +218,8 @@ def _decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
   if not entries:
     raise DataError(f"split '{split}' in {path} has no images.")
   label_of = {c: i for i, c in enumerate(class_names)}
+  if keep is not None:
+    entries = [entries[i] for i in keep(len(entries))]
   try:
     for n, (c, e) in enumerate(entries):
       try:
@@ -166,8 +240,14 @@ def _decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
   return Split(np.stack(images), np.asarray(labels, np.int32), class_names), skipped
 
 
-def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str]) -> Split:
-  """Decodes a TFDS split through tf.data into memory (TensorFlow imported here only)."""
+def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
+                 keep=None) -> Split:
+  """Decodes a TFDS split through tf.data into memory (TensorFlow imported here only).
+
+  keep(n) -> sorted positions restricts it to those examples: only the
+  contiguous range [first, last] they span is read (TFDS's split slicing,
+  as `tfds.split_for_jax_process` does).
+  """
   try:
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -184,6 +264,14 @@ def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str]) -> S
                     f"imagenet2012).") from None
   builder.download_and_prepare()
   info = builder.info
+  first, positions = 0, None
+  if keep is not None:
+    if split not in info.splits:
+      raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
+                      f"(splits: {sorted(info.splits)}).")
+    positions = keep(info.splits[split].num_examples)
+    first = int(positions[0])
+    split = f"{split}[{first}:{int(positions[-1]) + 1}]"
   try:
     # Examples keep their stored order (no file shuffling): position = instance index.
     ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
@@ -208,7 +296,10 @@ def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str]) -> S
     images.append(x)
     labels.append(y)
   names = tuple(info.features["label"].names) if "label" in info.features else ()
-  return Split(np.concatenate(images), np.concatenate(labels), names)
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if positions is not None:
+    images, labels = images[positions - first], labels[positions - first]
+  return Split(images, labels, names)
 
 
 def _cache_path(cache_dir: str, source: str, split: str, size: int) -> Optional[pathlib.Path]:
@@ -247,66 +338,136 @@ def load_split(data_cfg, split: str, log=print) -> tuple[Split, int]:
   return result, skipped
 
 
+def subset_positions(n: int, fraction: float, seed: int) -> np.ndarray:
+  """Sorted positions of a fixed seeded subset of round(fraction * n) of n examples."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"config.data.fraction must be in (0, 1], got {fraction}.")
+  if fraction == 1.0:
+    return np.arange(n)
+  k = max(1, int(round(fraction * n)))
+  return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
 def subset(split: Split, fraction: float, seed: int) -> Split:
   """A fixed seeded subset of round(fraction * N) examples, kept in original order.
 
   The subset's example j is instance j (the bank has one row per kept image);
   `source_index` records where it came from in the full split.
   """
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"config.data.fraction must be in (0, 1], got {fraction}.")
-  n = len(split)
-  if fraction == 1.0:
-    return dataclasses.replace(split, source_index=np.arange(n))
-  k = max(1, int(round(fraction * n)))
-  keep = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+  keep = subset_positions(len(split), fraction, seed)
   return Split(split.images[keep], split.labels[keep], split.class_names, keep)
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-  """Full batches per epoch; the remainder of each permutation is dropped."""
-  return num_examples // global_batch
+def load_shard(data_cfg, split: str, *, fraction: float, seed: int, num_shards: int = 1,
+               process_index: int = 0, process_count: int = 1,
+               log=print) -> tuple[Split, int]:
+  """This process's rows of a seeded `fraction` of `split`; returns (split, skipped files).
+
+  With one process and a cache the whole split is decoded once and cached
+  (later runs of any fraction start in a second). Otherwise a cached split is
+  used if present, and else only this process's rows are decoded; with
+  `skip_corrupt` the whole split is (the instance count depends on every file).
+  """
+  state = {}
+
+  def keep(n: int) -> np.ndarray:
+    positions = subset_positions(n, fraction, seed)
+    layout = Layout(len(positions), num_shards, process_index, process_count)
+    lo, hi = layout.local_bounds
+    state.update(layout=layout, positions=positions[lo:hi])
+    return positions[lo:hi]
+
+  kind, arg = parse_source(data_cfg.source)
+  cache = (_cache_path(data_cfg.get("cache_dir", ""), data_cfg.source, split,
+                       int(data_cfg.image_size)) if kind == "folder" and os.path.exists(arg)
+           else None)
+  whole = (bool(data_cfg.get("skip_corrupt", False))
+           or (kind == "tfds" and process_count == 1)
+           or (process_count == 1 and (cache is not None or fraction == 1.0))
+           or (cache is not None and cache.exists()))
+  if whole:
+    full, skipped = load_split(data_cfg, split, log)
+    rows = keep(len(full))
+    return Split(full.images[rows], full.labels[rows], full.class_names, rows,
+                 state["layout"]), skipped
+  if kind == "tfds":
+    part = _decode_tfds(arg, split, int(data_cfg.image_size),
+                        data_cfg.get("tfds_data_dir") or None, keep)
+  else:
+    if not os.path.exists(arg):
+      raise DataError(f"config.data.source: path {arg} does not exist.")
+    part, _ = _decode_folder(arg, split, int(data_cfg.image_size), False, log, keep)
+  log(f"decoded {len(part)} of the {state['layout'].num_examples} examples of '{split}' "
+      f"(this process's share)")
+  return dataclasses.replace(part, source_index=state["positions"], layout=state["layout"]), 0
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of epoch `epoch`: a pure function of (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def steps_per_epoch(num_examples: int, global_batch: int, num_shards: int = 1) -> int:
+  """Full batches per epoch; each shard drops the remainder of its permutation."""
+  return (num_examples // num_shards) // (global_batch // num_shards)
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int, shard: int = 0) -> np.ndarray:
+  """The order of shard `shard` in epoch `epoch`: a pure function of (seed, epoch, shard).
+
+  (Shard 0 draws from the same stream as an unsharded run, so single-process
+  runs keep the order they had before shards existed.)
+  """
+  key = [seed, epoch] if shard == 0 else [seed, epoch, shard]
+  return np.random.default_rng(key).permutation(num_examples)
 
 
 def train_batches(split: Split, *, global_batch: int, num_local_devices: int, seed: int,
-                  epoch: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict]:
-  """Yields the batches of one epoch from step `start_step` on.
+                  epoch: int, start_step: int = 0) -> Iterator[dict]:
+  """Yields this process's part of the global batches of one epoch, from `start_step` on.
 
   Each batch is {'image': uint8 [D, b, H, W, 3], 'index': int32 [D, b],
   'label': int32 [D, b]} with D local devices and b = global_batch /
-  (process_count * D). Process p takes the p-th slice of every global batch.
+  (process_count * D): the concatenation, over this process's shards, of
+  global_batch / num_shards examples of each shard's permutation.
   """
-  perm = epoch_permutation(len(split), seed, epoch)
-  local = global_batch // process_count
-  for step in range(start_step, steps_per_epoch(len(split), global_batch)):
-    ids = perm[step * global_batch:(step + 1) * global_batch]
-    ids = np.sort(ids[process_index * local:(process_index + 1) * local])
-    shape = (num_local_devices, local // num_local_devices)
-    yield {"image": split.images[ids].reshape(shape + split.images.shape[1:]),
+  layout = split.layout
+  per_shard = global_batch // layout.num_shards
+  perms = []
+  for s in layout.local_shards:
+    lo, hi = layout.shard_bounds(s)
+    perms.append(lo + epoch_permutation(hi - lo, seed, epoch, s))
+  shape = (num_local_devices, global_batch // layout.process_count // num_local_devices)
+  for step in range(start_step,
+                    steps_per_epoch(layout.num_examples, global_batch, layout.num_shards)):
+    ids = np.concatenate([np.sort(p[step * per_shard:(step + 1) * per_shard]) for p in perms])
+    rows = ids - split.offset
+    yield {"image": split.images[rows].reshape(shape + split.images.shape[1:]),
            "index": ids.astype(np.int32).reshape(shape),
-           "label": split.labels[ids].reshape(shape)}
+           "label": split.labels[rows].reshape(shape)}
 
 
 def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> Iterator[dict]:
-  """The whole split in index order, padded to full [D, b] batches.
+  """Every instance once, padded to full [D, b] batches; the same count in every process.
 
-  'mask' is 1 for real examples and 0 for padding (the last batch repeats
-  example 0), so callers drop padded rows after the forward pass.
+  Each global batch takes the next m instances of every shard, in order, with
+  m about batch_size / num_shards. 'index' holds the global instance index
+  and 'mask' is 1 for real examples and 0 for padding (which repeats the
+  shard's first example), so callers drop padded rows after the forward pass.
   """
-  per_dev = max(1, batch_size // num_local_devices)
-  step = per_dev * num_local_devices
-  n = len(split)
-  for start in range(0, n, step):
-    ids = np.arange(start, start + step)
-    mask = ids < n
-    ids = np.where(mask, ids, 0)
-    shape = (num_local_devices, per_dev)
-    yield {"image": split.images[ids].reshape(shape + split.images.shape[1:]),
-           "label": split.labels[ids].reshape(shape),
+  layout = split.layout
+  num_devices = num_local_devices * layout.process_count
+  per_dev = max(1, batch_size // num_devices)
+  # Rows per shard, rounded so that the global batch splits evenly over devices.
+  q = num_devices // math.gcd(layout.num_shards, num_devices)
+  m = -(-(-(-per_dev * num_devices // layout.num_shards)) // q) * q
+  largest = max(hi - lo for lo, hi in map(layout.shard_bounds, range(layout.num_shards)))
+  shape = (num_local_devices, m * len(layout.local_shards) // num_local_devices)
+  for start in range(0, largest, m):
+    ids, masks = [], []
+    for s in layout.local_shards:
+      lo, hi = layout.shard_bounds(s)
+      i = lo + start + np.arange(m)
+      masks.append(i < hi)
+      ids.append(np.where(i < hi, i, lo))
+    ids, mask = np.concatenate(ids), np.concatenate(masks)
+    rows = ids - split.offset
+    yield {"image": split.images[rows].reshape(shape + split.images.shape[1:]),
+           "label": split.labels[rows].reshape(shape),
+           "index": ids.astype(np.int32).reshape(shape),
            "mask": mask.reshape(shape)}

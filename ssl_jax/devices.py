@@ -42,17 +42,40 @@ def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   return jax.tree_util.tree_map(put, tree)
 
 
-def unreplicate(tree: Any) -> Any:
-  """This process's first replica of every leaf: [D, ...] -> [...] on one device.
+def distribute(x: np.ndarray, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Gives global device i (of the pmapped axis) the slice x[i]: [D_global, ...].
 
-  Works for pmap outputs spanning several processes too, where `x[0]` would
-  name a replica another process holds.
+  The counterpart of `replicate` for state that differs per device (a sharded
+  bank). With several processes, this process's slices stay host arrays.
+  """
+  x = np.asarray(jax.device_get(x))
+  if jax.process_count() > 1:
+    per = jax.local_device_count()
+    return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+  devices = list(devices or jax.local_devices())
+  return jax.make_array_from_callback(x.shape, _sharding(devices), lambda index: x[index])
+
+
+def all_rows(x: jax.Array) -> np.ndarray:
+  """A pmap output [D_global, ...] -> all of it as NumPy, on every process."""
+  local = local_rows(x)
+  return gather_processes(local, [len(local)] * jax.process_count())
+
+
+def unreplicate(tree: Any) -> Any:
+  """This process's first replica of every leaf, as NumPy: [D, ...] -> [...].
+
+  Reads the lowest-indexed shard this process holds, so it works for arrays
+  spanning several processes too (where `x[0]` would name a replica another
+  process holds). No device computation is launched: with several
+  processes an extra one (even `x[0]` on a local array) can be queued behind
+  another process's collectives and deadlock (seen with 2 processes on gloo).
   """
   def first(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if isinstance(x, jax.Array):
       shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-      return shard.data[0]
-    return x[0]
+      return np.asarray(shard.data)[0]
+    return np.asarray(x)[0]
   return jax.tree_util.tree_map(first, tree)
 
 
@@ -62,6 +85,23 @@ def local_rows(x: jax.Array) -> np.ndarray:
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
     return np.concatenate([np.asarray(s.data) for s in shards])
   return np.asarray(x)
+
+
+def gather_processes(x: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+  """Every process's rows, concatenated in process order, on every process.
+
+  x: this process's [counts[process_index], ...] rows; returns [sum(counts), ...].
+  Identity with one process.
+  """
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  x = np.asarray(x)
+  # process_allgather needs one shape everywhere: pad to the largest share.
+  padded = np.zeros((max(counts), *x.shape[1:]), x.dtype)
+  padded[:len(x)] = x
+  everyone = np.asarray(multihost_utils.process_allgather(padded))  # [P, max, ...]
+  return np.concatenate([everyone[p, :c] for p, c in enumerate(counts)])
 
 
 def prefetch(batches: Iterable[Any], size: int = 2,

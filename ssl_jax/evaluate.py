@@ -47,18 +47,35 @@ def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "i
 
 def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
                      batch_size: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
-  """Backbone features h [N, D_h] and embeddings z [N, d] of a split, in index order.
+  """Backbone features h [N, D_h] and embeddings z [N, d] of a whole split, in index order.
 
-  Every process passes the whole split and keeps what its own devices
-  computed, so each ends with all features (computed once per process).
+  Each process embeds only its own rows of the split; the rows of every
+  process are then gathered, so every process returns all N.
   """
-  hs, zs = [], []
+  lo, hi = split.layout.local_bounds
+  hs = zs = None
   for batch in data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices):
     h, z = p_embed(variables, batch["image"])
     mask = batch["mask"].reshape(-1)
-    hs.append(devices.local_rows(h).reshape(mask.size, -1)[mask])
-    zs.append(devices.local_rows(z).reshape(mask.size, -1)[mask])
-  return np.concatenate(hs), np.concatenate(zs)
+    rows = batch["index"].reshape(-1)[mask] - lo
+    h = devices.local_rows(h).reshape(mask.size, -1)[mask]
+    z = devices.local_rows(z).reshape(mask.size, -1)[mask]
+    if hs is None:
+      hs = np.zeros((hi - lo, h.shape[1]), h.dtype)
+      zs = np.zeros((hi - lo, z.shape[1]), z.dtype)
+    hs[rows], zs[rows] = h, z
+  counts = _process_counts(split)
+  return devices.gather_processes(hs, counts), devices.gather_processes(zs, counts)
+
+
+def gather_labels(split: data_lib.Split) -> np.ndarray:
+  """The labels [N] of the whole split, from every process's rows."""
+  return devices.gather_processes(split.labels, _process_counts(split))
+
+
+def _process_counts(split: data_lib.Split) -> list[int]:
+  return [hi - lo for lo, hi in map(split.layout.process_bounds,
+                                    range(split.layout.process_count))]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))

@@ -3,7 +3,9 @@
 Config fields are overridden with `--config.field=value`. Errors print one
 line and exit with status 1; `--debug` shows the traceback. SIGTERM writes a
 checkpoint and exits with status 143 (128 + SIGTERM); rerunning the same
-command resumes.
+command resumes. Several processes (TPU pod slices, GPU nodes, or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) join through
+`ssl_jax.distributed` before training.
 """
 
 import sys
@@ -27,9 +29,12 @@ def main(argv) -> None:
   # progress bar; --debug brings them back.
   logging.set_verbosity(logging.INFO if _DEBUG.value else logging.WARNING)
   # Imported after flag parsing: keeps `--help` fast.
-  from ssl_jax import checkpoint, preemption, train
+  from ssl_jax import checkpoint, distributed, preemption, train
   try:
+    joined = distributed.initialize()
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    if joined:
+      distributed.finish()
   except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)

@@ -125,8 +125,10 @@ class Progress:
   about every 10% so logs stay short.
   """
 
-  def __init__(self, total: int, desc: str, images_per_step: int, stream=sys.stderr):
+  def __init__(self, total: int, desc: str, images_per_step: int, stream=sys.stderr,
+               enabled: bool = True):
     self.total, self.desc, self.images_per_step = total, desc, images_per_step
+    self.enabled = enabled  # False in every process but the first of a multi-process run
     self.stream = stream
     self.tty = hasattr(stream, "isatty") and stream.isatty()
     self.start = time.perf_counter()
@@ -135,6 +137,8 @@ class Progress:
 
   def update(self, count: int, metrics: Optional[Mapping[str, float]] = None) -> None:
     self.count = count
+    if not self.enabled:
+      return
     elapsed = time.perf_counter() - self.start
     rate = count * self.images_per_step / elapsed if elapsed > 0 else 0.0
     eta = (self.total - count) * elapsed / count if count else 0.0

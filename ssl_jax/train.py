@@ -35,6 +35,7 @@ from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import preemption
 from ssl_jax import reporting
+from ssl_jax import sharded_bank
 from ssl_jax.methods import bank_method
 from ssl_jax.methods import byol
 from ssl_jax.methods import simclr
@@ -72,6 +73,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   if images.dtype == jnp.uint8:
     images = augment.augment_batch(step_key(state.rng, state.step), images, idx, aug_cfg)
 
+  if method_cfg.sharded:
+    return _sharded_bank_step(state, images, idx, model=model, tx=tx, method_cfg=method_cfg,
+                              axis_name=axis_name)
+
   def loss_fn(params):
     (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                   images, train=True, mutable=["batch_stats"])
@@ -95,6 +100,31 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, bank=new_bank)
   return new_state, sums
+
+
+def _sharded_bank_step(state: TrainState, images: jax.Array, idx: jax.Array, *, model, tx,
+                       method_cfg: bank_method.BankMethodConfig,
+                       axis_name: str) -> tuple[TrainState, dict]:
+  """`train_step` with `state.bank` this device's [n, d] rows (see ssl_jax.sharded_bank).
+
+  The encoder's gradient comes from `jax.vjp` with the embedding cotangent
+  the sharded objective returns, so no collective is differentiated.
+  """
+  def forward(params):
+    (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  images, train=True, mutable=["batch_stats"])
+    return z, updates["batch_stats"]
+
+  z, vjp_fn, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+  means, dz, new_bank = sharded_bank.loss_and_transition(
+      z, state.bank, idx, method_cfg, num_examples=method_cfg.num_examples, axis_name=axis_name)
+  (grads,) = vjp_fn(dz.astype(z.dtype))
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  sums = _metric_sums(state, means, idx.shape[0], grads, new_bank, axis_name)
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state, bank=new_bank), sums
 
 
 def _metric_sums(state: TrainState, means: dict, batch: int, grads, bank: jax.Array,
@@ -217,10 +247,22 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError(f"config.bank.lr must be >= 0, got {config.bank.lr}.")
   if config.loss.kl_weight < 0:
     raise ConfigError(f"config.loss.kl_weight must be >= 0, got {config.loss.kl_weight}.")
+  shards = num_shards(config)
+  if config.data.shards < 0 or shards % jax.process_count():
+    raise ConfigError(f"config.data.shards ({config.data.shards}) must be 0 (one shard per "
+                      f"process) or a multiple of the process count ({jax.process_count()}).")
+  if config.batch_size % shards:
+    raise ConfigError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
+                      f"number of data shards ({shards}).")
   for field in ("fraction", "test_fraction"):
     v = config.data[field]
     if not 0.0 < v <= 1.0:
       raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
+  if is_sharded(config):
+    try:
+      sharded_bank.check_supported(bank_method.BankMethodConfig.from_config(config))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   if config.num_epochs < 1:
     raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
   total_devices = num_devices * jax.process_count()
@@ -249,25 +291,44 @@ def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
       predictor_hidden=m.head_hidden if config.method == "byol" else 0)
 
 
-def make_train_step(config, model, tx, total_steps: int):
-  """The method's pure step `(state, batch) -> (state, metric sums)`, ready to pmap."""
+def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0):
+  """The method's pure step `(state, batch) -> (state, metric sums)`, ready to pmap.
+
+  num_examples (N) is needed with config.bank.sharded only.
+  """
   aug_cfg = augment_config(config)
   if config.method in BANK_METHODS:
     return functools.partial(train_step, model=model, tx=tx, aug_cfg=aug_cfg,
-                             method_cfg=bank_method.BankMethodConfig.from_config(config))
+                             method_cfg=bank_method.BankMethodConfig.from_config(
+                                 config, num_examples))
   return functools.partial(two_view_step, model=model, tx=tx, aug_cfg=aug_cfg,
                            method=config.method, temperature=float(config.simclr.temperature),
                            total_steps=total_steps,
                            target_decay=float(config.byol.target_decay))
 
 
+def num_shards(config) -> int:
+  """Data shards: config.data.shards, or one per process when it is 0."""
+  return int(config.data.get("shards", 0)) or jax.process_count()
+
+
 def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
-  """(train subset, test subset, count of skipped corrupt files)."""
-  train, skipped = data_lib.load_split(config.data, config.data.train_split, log)
-  test, skipped_test = data_lib.load_split(config.data, config.data.test_split, log)
-  train = data_lib.subset(train, config.data.fraction, config.data.subset_seed)
-  test = data_lib.subset(test, config.data.test_fraction, config.data.subset_seed)
+  """This process's rows of the (train, test) subsets, and the count of skipped files."""
+  kw = dict(seed=config.data.subset_seed, num_shards=num_shards(config),
+            process_index=jax.process_index(), process_count=jax.process_count(), log=log)
+  train, skipped = data_lib.load_shard(config.data, config.data.train_split,
+                                       fraction=config.data.fraction, **kw)
+  test, skipped_test = data_lib.load_shard(config.data, config.data.test_split,
+                                           fraction=config.data.test_fraction, **kw)
   return train, test, skipped + skipped_test
+
+
+def count_classes(train: data_lib.Split, test: data_lib.Split) -> int:
+  """Classes over both splits and every process."""
+  if train.class_names:
+    return len(train.class_names)
+  local = np.asarray([max(train.labels.max(), test.labels.max())], np.int32)
+  return int(devices.gather_processes(local, [1] * jax.process_count()).max() + 1)
 
 
 def initial_state(config, model, tx, num_examples: int) -> TrainState:
@@ -295,6 +356,8 @@ def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> Tr
     return state.replace(bank=bank_lib.random_bank(key, n, d))
   log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
       f"(BatchNorm in {config.bank.calibrate_bn} mode)")
+  # Every process embeds its own rows; the gathered z is the whole bank, in
+  # instance order, on every process.
   p_embed = evaluate.make_embed_fn(build_model(config), augment_config(config),
                                    batch_norm=config.bank.calibrate_bn)
   _, z = evaluate.extract_features(p_embed, devices.replicate(_variables(state)), train,
@@ -312,14 +375,48 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
                                                batch_size=bs, num_devices=nd)
   test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
                                              batch_size=bs, num_devices=nd)
-  return evaluate.evaluate_features(train_h, train_z, train.labels, test_h, test_z, test.labels,
+  # Features (gathered above) and labels from every process: the kNN bank and
+  # the probe's training set are the whole training subset everywhere.
+  return evaluate.evaluate_features(train_h, train_z, evaluate.gather_labels(train),
+                                    test_h, test_z, evaluate.gather_labels(test),
                                     config.eval, num_classes, linear=linear)
 
 
-def check_replicas(state: TrainState) -> bool:
+def is_sharded(config) -> bool:
+  return config.method in BANK_METHODS and bool(config.bank.get("sharded", False))
+
+
+def place_state(config, state: TrainState) -> TrainState:
+  """Host state (full [N, d] bank) -> per-device state [D, ...].
+
+  Everything is replicated, except a sharded bank: device k gets rows
+  [k n, (k + 1) n) (ssl_jax.sharded_bank).
+  """
+  if not is_sharded(config):
+    return devices.replicate(state)
+  bank = np.asarray(jax.device_get(state.bank))
+  placed = devices.replicate(state.replace(bank=bank[:1]))
+  return placed.replace(bank=devices.distribute(
+      sharded_bank.split_bank(bank, jax.device_count())))
+
+
+def host_state(config, state: TrainState, num_examples: int) -> TrainState:
+  """Per-device state -> one host copy with the full [N, d] bank (for checkpoints).
+
+  A sharded bank is gathered from every device of every process, so its
+  checkpoints are the same as an unsharded run's (either can resume the other).
+  """
+  host = devices.unreplicate(state)
+  if is_sharded(config):
+    host = host.replace(bank=sharded_bank.join_bank(devices.all_rows(state.bank), num_examples))
+  return host
+
+
+def check_replicas(state: TrainState, include_bank: bool = True) -> bool:
   """Whether every replica, in every process, holds bit-identical params, stats and bank.
 
   Compares a digest of each local replica, then the digests of all processes.
+  A sharded bank (different rows per device) is left out.
   """
   import hashlib
   from jax.experimental import multihost_utils
@@ -330,7 +427,7 @@ def check_replicas(state: TrainState) -> bool:
       h.update(np.ascontiguousarray(leaf).tobytes())
     return int.from_bytes(h.digest()[:4], "little")
 
-  tree = (state.params, state.batch_stats, state.bank)
+  tree = (state.params, state.batch_stats, state.bank if include_bank else None)
   rows = jax.tree_util.tree_map(devices.local_rows, tree)
   local = {digest(jax.tree_util.tree_map(lambda x: x[r], rows))
            for r in range(jax.local_device_count())}
@@ -381,6 +478,8 @@ def _variables(state: TrainState) -> dict:
 RESUME_FIELDS = ("method", "seed", "batch_size", "data.source", "data.train_split",
                  "data.fraction", "data.subset_seed", "data.image_size", "model.name",
                  "model.stem", "model.width", "model.embed_dim")
+# Also the number of data shards (it fixes the data order), but as resolved:
+# a 2-process run with shards=0 resumes in 1 process with shards=2.
 
 
 def _get(config, dotted: str):
@@ -406,6 +505,12 @@ def check_resumable(workdir: str, config, num_train_examples: int) -> None:
       raise ConfigError(
           f"{workdir} holds a run with config.{field}={there!r}, not {here!r}: resuming it "
           f"with this config is impossible. Use another --workdir or the run's config.")
+  shards = num_shards(config)
+  if info.get("data_shards", 1) != shards:
+    raise ConfigError(
+        f"{workdir} holds a run with {info.get('data_shards', 1)} data shard(s) (one per "
+        f"process unless config.data.shards says otherwise), but this run has {shards}: the "
+        f"data order would change. Rerun with --config.data.shards={info.get('data_shards', 1)}.")
   if info.get("num_train_examples") != num_train_examples:
     raise ConfigError(
         f"{workdir} holds a run over {info.get('num_train_examples')} training images, but "
@@ -462,17 +567,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       + (f" ({config.data.source_reason})" if config.data.get("source_reason") else ""))
 
   train, test, skipped = load_data(config, log)
-  num_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+  num_classes = count_classes(train, test)
   global_batch = int(config.batch_size)
-  if global_batch > len(train):
+  shards = num_shards(config)
+  steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, global_batch, shards)
+  if steps_per_epoch < 1:
     raise ConfigError(f"config.batch_size ({global_batch}) is larger than the training set "
-                      f"({len(train)} images after config.data.fraction={config.data.fraction}).")
-  check_resumable(workdir, config, len(train))
-  steps_per_epoch = data_lib.steps_per_epoch(len(train), global_batch)
+                      f"({train.num_examples} images after config.data.fraction="
+                      f"{config.data.fraction}, in {shards} shard(s)).")
+  check_resumable(workdir, config, train.num_examples)
   total_steps = steps_per_epoch * config.num_epochs
-  log(f"{len(train)} training images ({len(train.class_names) or num_classes} classes), "
-      f"{len(test)} test images; batch {global_batch}, {steps_per_epoch} steps/epoch, "
-      f"{config.num_epochs} epochs")
+  log(f"{train.num_examples} training images ({num_classes} classes), "
+      f"{test.num_examples} test images; batch {global_batch}, {steps_per_epoch} steps/epoch, "
+      f"{config.num_epochs} epochs"
+      + (f"; {jax.process_count()} processes, {shards} data shards"
+         if jax.process_count() > 1 or shards > 1 else ""))
 
   model = build_model(config)
   schedule = optim.learning_rate_schedule(config.optim, global_batch, steps_per_epoch,
@@ -482,7 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_eval = evaluate.make_embed_fn(model, aug_cfg)
 
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-  fresh = initial_state(config, model, tx, len(train))
+  fresh = initial_state(config, model, tx, train.num_examples)
   state = checkpoint.restore_latest(manager, fresh, log)
   init_eval_path = os.path.join(workdir, "init_eval.json")
   if state is None or not os.path.exists(init_eval_path):
@@ -507,13 +616,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     _write_json_atomic(os.path.join(workdir, "run_info.json"), {
-        "num_train_examples": len(train), "embed_dim": int(config.model.embed_dim),
+        "num_train_examples": train.num_examples, "embed_dim": int(config.model.embed_dim),
+        "data_shards": shards,
         "config": {f: list(v) if isinstance(v := _get(config, f), tuple) else v
                    for f in RESUME_FIELDS}})
 
-  p_train_step = jax.pmap(make_train_step(config, model, tx, total_steps),
+  p_train_step = jax.pmap(make_train_step(config, model, tx, total_steps, train.num_examples),
                           axis_name=devices.AXIS, donate_argnums=(0,))
-  state = devices.replicate(state)
+  state = place_state(config, state)
   step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else make_host_augment(
       aug_cfg, jax.device_get(devices.unreplicate(state.rng)))
@@ -536,7 +646,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def save_checkpoint() -> None:
     fetch_and_log()
-    checkpoint.save(manager, devices.unreplicate(state))
+    checkpoint.save(manager, host_state(config, state, train.num_examples))
 
   def preempt() -> None:
     if manager.latest_step() != step:
@@ -559,13 +669,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch, start = divmod(step, steps_per_epoch)
         batches = data_lib.train_batches(
             train, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
-            epoch=epoch, start_step=start, process_index=jax.process_index(),
-            process_count=jax.process_count())
+            epoch=epoch, start_step=start)
         batches = ({"image": b["image"], "index": b["index"]} for b in batches)
         if host_augment is not None:
           batches = (host_augment(b, s) for s, b in enumerate(batches, step))
         progress = reporting.Progress(steps_per_epoch - start,
-                                      f"epoch {epoch + 1}/{config.num_epochs}", global_batch)
+                                      f"epoch {epoch + 1}/{config.num_epochs}", global_batch,
+                                      enabled=is_main)
         t_epoch = time.perf_counter()
         for batch in devices.prefetch(batches, 2):
           state, sums = p_train_step(state, batch)
@@ -602,7 +712,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     writer.close()
 
-  replicas_identical = check_replicas(state)
+  replicas_identical = check_replicas(state, include_bank=not is_sharded(config))
   log("final evaluation (kNN and linear probe)...")
   final = run_evaluation(config, p_eval, _variables(state), train, test, num_classes, linear=True)
   # Seconds per step without compilation: the first epoch of each process pays
@@ -613,8 +723,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {
       "method": config.method,
       "dataset": config.data.source,
-      "num_train_examples": len(train),
-      "num_test_examples": len(test),
+      "num_train_examples": train.num_examples,
+      "num_test_examples": test.num_examples,
       "epochs": config.num_epochs,
       "devices": jax.device_count(),
       "platform": jax.devices()[0].platform,
@@ -650,12 +760,13 @@ def evaluate_checkpoint(workdir: str) -> dict:
   """kNN and linear top-1 of the latest checkpoint in `workdir`."""
   config = load_run_config(workdir)
   train, test, _ = load_data(config)
-  num_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+  num_classes = count_classes(train, test)
   model = build_model(config)
-  steps_per_epoch = data_lib.steps_per_epoch(len(train), config.batch_size)
+  steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, config.batch_size,
+                                             num_shards(config))
   tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
       config.optim, config.batch_size, steps_per_epoch, config.num_epochs))
-  template = initial_state(config, model, tx, len(train))
+  template = initial_state(config, model, tx, train.num_examples)
   state = checkpoint.restore_latest(checkpoint.create_manager(workdir), template)
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")

@@ -27,3 +27,38 @@ def test_unknown_tfds_dataset_is_a_clear_error():
   cfg = ml_collections.ConfigDict(dict(source="tfds:cifar11", image_size=32))
   with pytest.raises(data_lib.DataError, match="no TFDS dataset is named 'cifar11'"):
     data_lib.load_split(cfg, "train")
+
+
+
+class TinyImages(tfds.core.GeneratorBasedBuilder):
+  """A real (not mocked) 10-image TFDS dataset, built in a temporary data_dir."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, supervised_keys=("image", "label"),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(10)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 3}
+
+
+def test_tfds_process_reads_only_its_slice(tmp_path):
+  cfg = ml_collections.ConfigDict(dict(source="tfds:tiny_images", image_size=8,
+                                       tfds_data_dir=str(tmp_path)))
+  whole, _ = data_lib.load_split(cfg, "train")
+  assert len(whole) == 10
+  for fraction, shards in [(1.0, 2), (0.6, 4)]:
+    parts = [data_lib.load_shard(cfg, "train", fraction=fraction, seed=1, num_shards=shards,
+                                 process_index=p, process_count=2, log=lambda *a: None)[0]
+             for p in range(2)]
+    sub = data_lib.subset(whole, fraction, 1)
+    assert [q.num_examples for q in parts] == [len(sub)] * 2
+    np.testing.assert_array_equal(np.concatenate([q.images for q in parts]), sub.images)
+    np.testing.assert_array_equal(np.concatenate([q.labels for q in parts]), sub.labels)

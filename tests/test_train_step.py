@@ -7,20 +7,8 @@ import pytest
 
 from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
-from ssl_jax import optim
 from ssl_jax import train
-from tests.helpers import needs_cifar10, tiny_config
-
-
-def _setup(config):
-  train_split, _, _ = train.load_data(config, log=lambda *a: None)
-  model = train.build_model(config)
-  spe = data_lib.steps_per_epoch(len(train_split), config.batch_size)
-  tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
-      config.optim, config.batch_size, spe, config.num_epochs))
-  state = train.init_bank(config, train.initial_state(config, model, tx, len(train_split)),
-                          train_split, log=lambda *a: None)
-  return train_split, model, tx, state
+from tests.helpers import needs_cifar10, setup_training, tiny_config
 
 
 def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
@@ -46,7 +34,7 @@ def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_ru
   config = tiny_config(method=method)
   if update_rule:
     config.bank.update_rule = update_rule
-  split, model, tx, state0 = _setup(config)
+  split, model, tx, state0 = setup_training(config)
   devices = jax.local_devices()
   assert len(devices) == 4
   traces4, traces1 = [], []
@@ -76,7 +64,7 @@ def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_ru
 @needs_cifar10
 def test_host_augmentation_gives_the_same_step_as_on_device():
   config = tiny_config()
-  split, model, tx, state = _setup(config)
+  split, model, tx, state = setup_training(config)
   aug_cfg = train.augment_config(config)
   batch = next(data_lib.train_batches(split, global_batch=64, num_local_devices=1, seed=0,
                                       epoch=0))
@@ -98,7 +86,7 @@ def test_host_augmentation_gives_the_same_step_as_on_device():
 ])
 def test_step_options_run_and_move_the_state(overrides):
   config = tiny_config(**overrides)
-  split, model, tx, state0 = _setup(config)
+  split, model, tx, state0 = setup_training(config)
   devices = jax.local_devices()
   s, m = _run(config, state0, model, tx, split, devices, 2, [])
   assert np.isfinite(m["loss"]) and m["nonfinite"] == 0

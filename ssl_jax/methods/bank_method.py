@@ -31,14 +31,19 @@ class BankMethodConfig:
   update: str = "grad"
   bank_lr: float = 1.0
   momentum: float = 0.5
+  # Bank rows split across the devices of the data axis (ssl_jax.sharded_bank);
+  # num_examples is then the real row count N (the shards are padded).
+  sharded: bool = False
+  num_examples: int = 0
 
   @classmethod
-  def from_config(cls, config) -> "BankMethodConfig":
+  def from_config(cls, config, num_examples: int = 0) -> "BankMethodConfig":
     return cls(temperature=float(config.loss.temperature), kl_weight=float(config.loss.kl_weight),
                kl_direction=config.loss.kl_direction,
                kl_stop_gradient=bool(config.loss.kl_stop_gradient),
                update=config.bank.update_rule, bank_lr=float(config.bank.lr),
-               momentum=float(config.bank.momentum))
+               momentum=float(config.bank.momentum),
+               sharded=bool(config.bank.get("sharded", False)), num_examples=int(num_examples))
 
 
 def loss_from_logits(s: jax.Array, idx: jax.Array, cfg: BankMethodConfig):

@@ -1,0 +1,148 @@
+"""Multi-process training through jax.distributed, on this machine.
+
+Two processes with 2 fake CPU devices each (coordinator on 127.0.0.1) train a
+tiny config on real CIFAR-10 images; the result must equal a 1-process,
+4-device run on the same global batches, survive a kill of both processes,
+and stop with an error when one process dies.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.helpers import CIFAR10, needs_cifar10
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fraction=0.01",
+        "--config.data.test_fraction=0.02", "--config.model.name=resnet10",
+        "--config.model.width=0.125", "--config.batch_size=64", "--config.num_epochs=2",
+        "--config.eval.batch_size=256", "--config.eval.linear_epochs=2",
+        "--config.log_every_steps=2", "--config.checkpoint_every_steps=4",
+        # Small steps: chaotic training would amplify float32 summation-order
+        # differences past any tolerance.
+        "--config.optim.base_lr=0.02", "--config.bank.lr=1.0",
+        # No decoded-split cache: each process decodes its own share of the archive.
+        "--config.data.cache_dir="]
+TOTAL_STEPS = 14
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _command(workdir, extra=()):
+  return [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
+          "--workdir", str(workdir), *TINY, *extra]
+
+
+def _start(workdir, num_processes, devices_per_process, port=None, extra=()):
+  procs = []
+  for pid in range(num_processes):
+    env = dict(os.environ, SSL_JAX_HEARTBEAT_SECONDS="10",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    if num_processes > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                 JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid))
+    procs.append(subprocess.Popen(_command(workdir, extra), cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  return procs
+
+
+def _finish(procs, timeout=300):
+  outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
+def _state(workdir, step=TOTAL_STEPS):
+  return ocp.StandardCheckpointer().restore(
+      pathlib.Path(workdir) / "checkpoints" / str(step) / "default")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("two")
+  outs = _finish(_start(workdir, 2, 2, _free_port()))
+  return workdir, outs
+
+
+@needs_cifar10
+def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_path):
+  workdir, outs = two_process_run
+  summary = json.load(open(workdir / "summary.json"))
+  assert summary["processes"] == 2 and summary["devices"] == 4
+  # Parameters, statistics and bank are bit-identical on every replica of both processes.
+  assert summary["replicas_identical"] is True
+  # Only process 0 reports; each process decoded only its half of the subsets.
+  assert "kNN top-1: untrained" in outs[0]
+  ours = [line for line in outs[1].splitlines() if line.strip() and "[Gloo]" not in line]
+  assert ours == [], outs[1][-2000:]  # (gloo's own connection notices aside)
+  assert "decoded 250 of the 500 examples of 'train'" in outs[0]
+  assert "decoded 100 of the 200 examples of 'test'" in outs[0]
+  # One process, four devices, two data shards: the same global batches.
+  _finish(_start(tmp_path, 1, 4, extra=["--config.data.shards=2"]))
+  single = json.load(open(tmp_path / "summary.json"))
+  assert single["processes"] == 1 and single["devices"] == 4
+  a, b = _state(workdir), _state(tmp_path)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  assert summary["knn_top1"] == pytest.approx(single["knn_top1"], abs=0.02)
+
+
+@needs_cifar10
+def test_killing_both_processes_then_rerunning_resumes(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  port = _free_port()
+  procs = _start(tmp_path, 2, 2, port)
+  marker = tmp_path / "checkpoints" / "8" / "commit_success.txt"
+  deadline = time.time() + 600
+  while not marker.exists():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+  outs = _finish(_start(tmp_path, 2, 2, _free_port()))
+  assert "resuming from checkpoint at step" in outs[0]
+  a, b = _state(workdir), _state(tmp_path)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@needs_cifar10
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker dies", "coordinator dies"])
+def test_one_process_dying_stops_the_other(tmp_path, victim):
+  procs = _start(tmp_path, 2, 2, _free_port())
+  marker = tmp_path / "checkpoints" / "4" / "commit_success.txt"
+  deadline = time.time() + 300
+  while not marker.exists():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.05)
+  procs[victim].send_signal(signal.SIGKILL)
+  procs[victim].communicate()
+  survivor = procs[1 - victim]
+  t0 = time.time()
+  try:
+    out = survivor.communicate(timeout=180)[0]
+  except subprocess.TimeoutExpired:
+    survivor.kill()
+    pytest.fail("the surviving process hung for 180 s after its peer died")
+  # JAX's distributed runtime notices the missing peer (heartbeats, or the
+  # coordinator's socket closing) and ends the process with a message.
+  assert survivor.returncode != 0
+  assert re.search(r"(?i)another task died|coordination service", out), out[-3000:]
+  print(f"survivor stopped {time.time() - t0:.0f} s after its peer was killed")
