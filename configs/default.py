@@ -70,6 +70,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # process). It fixes the data order: a 1-process run with shards=2 sees the
   # global batches of a 2-process run.
   config.data.shards = 0
+  # Keep the decoded training split on every device and gather each batch
+  # there: no per-step host work (one process; needs the split to fit).
+  config.data.on_device = False
   config.data.cache_dir = "~/.cache/ssl_jax"  # decoded folder sources ("" to disable)
   config.data.skip_corrupt = False
   config.data.tfds_data_dir = ""

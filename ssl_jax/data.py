@@ -417,29 +417,38 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int, shard: int = 0) 
   return np.random.default_rng(key).permutation(num_examples)
 
 
+def epoch_indices(layout: Layout, *, global_batch: int, num_local_devices: int, seed: int,
+                  epoch: int) -> np.ndarray:
+  """Global instance indices of this process's part of every batch of an epoch.
+
+  Returns int32 [steps_per_epoch, D, b] with D local devices and
+  b = global_batch / (process_count * D): step t is the concatenation, over
+  this process's shards, of global_batch / num_shards examples of each
+  shard's permutation (sorted within a shard).
+  """
+  per_shard = global_batch // layout.num_shards
+  steps = steps_per_epoch(layout.num_examples, global_batch, layout.num_shards)
+  parts = []
+  for s in layout.local_shards:
+    lo, hi = layout.shard_bounds(s)
+    perm = lo + epoch_permutation(hi - lo, seed, epoch, s)[:steps * per_shard]
+    parts.append(np.sort(perm.reshape(steps, per_shard), axis=1))
+  ids = np.concatenate(parts, axis=1) if parts else np.zeros((steps, 0), np.int64)
+  return ids.astype(np.int32).reshape(steps, num_local_devices, -1)
+
+
 def train_batches(split: Split, *, global_batch: int, num_local_devices: int, seed: int,
                   epoch: int, start_step: int = 0) -> Iterator[dict]:
   """Yields this process's part of the global batches of one epoch, from `start_step` on.
 
   Each batch is {'image': uint8 [D, b, H, W, 3], 'index': int32 [D, b],
-  'label': int32 [D, b]} with D local devices and b = global_batch /
-  (process_count * D): the concatenation, over this process's shards, of
-  global_batch / num_shards examples of each shard's permutation.
+  'label': int32 [D, b]}; see `epoch_indices` for which examples.
   """
-  layout = split.layout
-  per_shard = global_batch // layout.num_shards
-  perms = []
-  for s in layout.local_shards:
-    lo, hi = layout.shard_bounds(s)
-    perms.append(lo + epoch_permutation(hi - lo, seed, epoch, s))
-  shape = (num_local_devices, global_batch // layout.process_count // num_local_devices)
-  for step in range(start_step,
-                    steps_per_epoch(layout.num_examples, global_batch, layout.num_shards)):
-    ids = np.concatenate([np.sort(p[step * per_shard:(step + 1) * per_shard]) for p in perms])
+  table = epoch_indices(split.layout, global_batch=global_batch,
+                        num_local_devices=num_local_devices, seed=seed, epoch=epoch)
+  for ids in table[start_step:]:
     rows = ids - split.offset
-    yield {"image": split.images[rows].reshape(shape + split.images.shape[1:]),
-           "index": ids.astype(np.int32).reshape(shape),
-           "label": split.labels[rows].reshape(shape)}
+    yield {"image": split.images[rows], "index": ids, "label": split.labels[rows]}
 
 
 def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> Iterator[dict]:

@@ -102,6 +102,21 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   return new_state, sums
 
 
+def make_indexed_step(step_fn, steps_per_epoch: int, offset: int = 0):
+  """A step that reads its batch from device-resident data (config.data.on_device).
+
+  The returned `(state, table, images) -> (state, sums)` takes this device's
+  index table of the epoch, int32 [steps_per_epoch, b] (`data.epoch_indices`),
+  and the split's uint8 images [n, H, W, 3] (rows from instance `offset`);
+  step t of the epoch gathers rows table[t] on the device, so the same
+  batches as the streaming pipeline reach `step_fn`.
+  """
+  def indexed_step(state: TrainState, table: jax.Array, images: jax.Array):
+    idx = jax.lax.dynamic_index_in_dim(table, state.step % steps_per_epoch, keepdims=False)
+    return step_fn(state, {"image": jnp.take(images, idx - offset, axis=0), "index": idx})
+  return indexed_step
+
+
 def _sharded_bank_step(state: TrainState, images: jax.Array, idx: jax.Array, *, model, tx,
                        method_cfg: bank_method.BankMethodConfig,
                        axis_name: str) -> tuple[TrainState, dict]:
@@ -156,8 +171,13 @@ def two_view_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTr
   """
   idx = batch["index"]
   key = step_key(state.rng, state.step)
-  views = [augment.augment_batch(jax.random.fold_in(key, v), batch["image"], idx, aug_cfg)
-           for v in (0, 1)]
+  if "views" in batch:
+    # Two float views [2, b, S, S, 3] made elsewhere (benchmarks time the step without
+    # its augmentation this way).
+    views = [batch["views"][0], batch["views"][1]]
+  else:
+    views = [augment.augment_batch(jax.random.fold_in(key, v), batch["image"], idx, aug_cfg)
+             for v in (0, 1)]
   x = jnp.concatenate(views)
   b = idx.shape[0]
 
@@ -263,6 +283,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       sharded_bank.check_supported(bank_method.BankMethodConfig.from_config(config))
     except ValueError as e:
       raise ConfigError(str(e)) from None
+  if config.data.get("on_device", False):
+    if jax.process_count() > 1:
+      raise ConfigError("config.data.on_device=True supports one process; with several, "
+                        "leave it False.")
+    if not config.augment.on_device:
+      raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")
   if config.num_epochs < 1:
     raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
   total_devices = num_devices * jax.process_count()
@@ -621,8 +647,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "config": {f: list(v) if isinstance(v := _get(config, f), tuple) else v
                    for f in RESUME_FIELDS}})
 
-  p_train_step = jax.pmap(make_train_step(config, model, tx, total_steps, train.num_examples),
-                          axis_name=devices.AXIS, donate_argnums=(0,))
+  step_fn = make_train_step(config, model, tx, total_steps, train.num_examples)
+  resident = None
+  if config.data.get("on_device", False):
+    # The split lives on every device; each step gathers its batch there.
+    p_train_step = jax.pmap(make_indexed_step(step_fn, steps_per_epoch, train.offset),
+                            axis_name=devices.AXIS, donate_argnums=(0,))
+    resident = devices.replicate(train.images)
+  else:
+    p_train_step = jax.pmap(step_fn, axis_name=devices.AXIS, donate_argnums=(0,))
   state = place_state(config, state)
   step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else make_host_augment(
@@ -667,18 +700,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with preemption.StopRequest() as stop:
       while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
-        batches = data_lib.train_batches(
-            train, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
-            epoch=epoch, start_step=start)
-        batches = ({"image": b["image"], "index": b["index"]} for b in batches)
-        if host_augment is not None:
-          batches = (host_augment(b, s) for s, b in enumerate(batches, step))
+        if resident is not None:
+          # One transfer of the epoch's indices [D, steps, b]; no per-step host work.
+          table = devices.distribute(np.swapaxes(data_lib.epoch_indices(
+              train.layout, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
+              epoch=epoch), 0, 1))
+          inputs = ((table, resident) for _ in range(start, steps_per_epoch))
+        else:
+          batches = data_lib.train_batches(
+              train, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
+              epoch=epoch, start_step=start)
+          batches = ({"image": b["image"], "index": b["index"]} for b in batches)
+          if host_augment is not None:
+            batches = (host_augment(b, s) for s, b in enumerate(batches, step))
+          inputs = ((b,) for b in devices.prefetch(batches, 2))
         progress = reporting.Progress(steps_per_epoch - start,
                                       f"epoch {epoch + 1}/{config.num_epochs}", global_batch,
                                       enabled=is_main)
         t_epoch = time.perf_counter()
-        for batch in devices.prefetch(batches, 2):
-          state, sums = p_train_step(state, batch)
+        for args in inputs:
+          state, sums = p_train_step(state, *args)
           acc = sums if acc is None else accumulate_metrics(acc, sums)
           step += 1
           # At an epoch's last step the epoch-end work (record, kNN, save)

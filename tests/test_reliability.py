@@ -21,7 +21,7 @@ import pytest
 
 from ssl_jax import checkpoint
 from ssl_jax import train
-from tests.helpers import CIFAR10, needs_cifar10, tiny_config
+from tests.helpers import CIFAR10, needs_cifar10, setup_training, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fraction=0.01",
@@ -179,9 +179,9 @@ def test_incompatible_workdir_is_refused(reference_run, tmp_path, flag, message)
 
 @needs_cifar10
 def test_replicas_stay_equal_through_a_checkpoint_resume(tmp_path):
-  from tests.test_train_step import _run as run_steps, _setup
+  from tests.test_train_step import _run as run_steps
   config = tiny_config(**{"batch_size": 64})
-  split, model, tx, state0 = _setup(config)
+  split, model, tx, state0 = setup_training(config)
   devs = jax.local_devices()
   state, _ = run_steps(config, state0, model, tx, split, devs, 6, [])
   manager = checkpoint.create_manager(str(tmp_path))

@@ -95,3 +95,20 @@ def test_step_options_run_and_move_the_state(overrides):
                            jax.tree_util.tree_leaves(state0.params))]
   assert max(moved) > 1e-4
   np.testing.assert_allclose(np.linalg.norm(s.bank[0], axis=1), 1.0, rtol=1e-5)
+
+
+@needs_cifar10
+def test_device_resident_data_gives_the_streaming_run(tmp_path):
+  """data.on_device: the same batches, gathered on the device, give the same run."""
+  import orbax.checkpoint as ocp
+  finals = {}
+  for on_device in (False, True):
+    config = tiny_config(**{"data.on_device": on_device, "num_epochs": 2})
+    summary = train.train_and_evaluate(config, str(tmp_path / str(on_device)))
+    step = summary["history"][-1]["step"]
+    finals[on_device] = ocp.StandardCheckpointer().restore(
+        tmp_path / str(on_device) / "checkpoints" / str(step) / "default")
+  assert int(finals[True]["step"]) == 2 * (500 // 64)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(finals[True]),
+                          jax.tree_util.tree_leaves(finals[False])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,56 @@
+"""The benchmark suite's parts run and report sane numbers (no speed is asserted)."""
+
+import pytest
+
+from benchmarks import config as bench_config
+from benchmarks import run as bench
+from configs import quickstart
+from tests.helpers import CIFAR10, needs_cifar10
+
+
+def _cfg():
+  cfg = bench_config.get_config("cpu")
+  cfg.warmup_steps, cfg.timed_steps, cfg.bank_rows = 1, 1, 1000
+  return cfg
+
+
+@pytest.mark.parametrize("method,augment", [("ours", True), ("simclr", False)])
+def test_step_benchmark_reports_flops_memory_and_throughput(method, augment):
+  base = quickstart.get_config()
+  base.unlock()
+  peak = bench.matmul_peak(256, "float32", repeats=2)["flops_per_second"]
+  r = bench.step_benchmark(base, method, "resnet10", 0.125, 16, augment, _cfg(), peak)
+  assert r["images_per_second"] > 0 and r["compile_seconds"] > 0
+  # XLA's count must at least cover the bank logits (ours) or the encoder.
+  assert r["flops_per_step"] > 2 * 16 * 1000 * 128
+  assert 0 < r["fraction_of_peak"] < 2
+  assert r["xla_memory_bytes_per_device"] > 0
+
+
+def test_bank_benchmark_measures_or_skips_by_memory():
+  r = bench.bank_benchmark(2000, 128, 64, limit_gb=1.0, repeats=1)
+  assert r["step_ms"] > 0 and r["bank_bytes"] == 2000 * 128 * 4
+  big = bench.bank_benchmark(10_000_000, 128, 512, limit_gb=1.0)
+  assert "skipped" in big and "limit" in big["skipped"]
+
+
+@needs_cifar10
+def test_markdown_table_lists_every_measurement(tmp_path):
+  results = {
+      "preset": "cpu", "command": "python -m benchmarks.run",
+      "environment": {"device_kind": "cpu", "device_count": 4, "platform": "cpu",
+                      "jax": "x", "date": "2026-11-28"},
+      "peak": {"dtype": "float32", "n": 256, "flops_per_second": 1e11},
+      "steps": [{"method": "ours", "model": "resnet10 w0.125", "batch": 16,
+                 "augment": "included", "images_per_second": 100.0, "step_seconds": 0.16,
+                 "compile_seconds": 3.0, "gflops_per_image": 0.05, "fraction_of_peak": 0.1,
+                 "xla_memory_bytes_per_device": 2 ** 20}],
+      "ratios": {"resnet10 w0.125 batch 16 augment included": 2.0},
+      "bank": [bench.bank_benchmark(1000, 128, 32, 1.0, repeats=1),
+               bench.bank_benchmark(10_000_000, 128, 512, 1.0)],
+      "input": bench.input_benchmark(f"folder:{CIFAR10}", 20, 512),
+  }
+  text = bench.markdown(results)
+  assert "| ours | resnet10 w0.125 | 16 | included | 100 |" in text
+  assert "2.00x" in text and "skipped" in text and "JPEG decode" in text
+  assert results["input"]["batch_images_per_second"] > 0
