@@ -268,9 +268,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.loss.kl_weight < 0:
     raise ConfigError(f"config.loss.kl_weight must be >= 0, got {config.loss.kl_weight}.")
   shards = num_shards(config)
-  if config.data.shards < 0 or shards % jax.process_count():
-    raise ConfigError(f"config.data.shards ({config.data.shards}) must be 0 (one shard per "
-                      f"process) or a multiple of the process count ({jax.process_count()}).")
+  requested = config.data.get("shards", 0)
+  if requested < 0 or shards % jax.process_count():
+    raise ConfigError(f"config.data.shards ({requested}) must be 0 (one shard per process) "
+                      f"or a multiple of the process count ({jax.process_count()}).")
   if config.batch_size % shards:
     raise ConfigError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
                       f"number of data shards ({shards}).")

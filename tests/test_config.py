@@ -25,6 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
     ("batch_size", 30, "config.batch_size (30) must be a positive multiple of the device count (4)"),
     ("model.name", "vit", "config.model.name must be one of"),
     ("optim.name", "adam", "config.optim.name must be one of"),
+    ("data.shards", -1, "config.data.shards (-1) must be 0 (one shard per process)"),
+    ("data.shards", 3, "config.batch_size (64) must be a multiple of the number of data shards (3)"),
 ])
 def test_validate_config_names_the_field(field, value, message):
   config = tiny_config()
