@@ -209,7 +209,7 @@ def epoch_benchmark(base, source: str, num_images: int, workdir: str) -> dict:
   import jax
   from ssl_jax import train
   out = {}
-  n_total = 50_000
+  n_total = 50_000  # CIFAR-10's training split, the source this part is meant for
   for on_device in (False, True):
     config = copy.deepcopy(base)
     config.data.source = source

@@ -4,7 +4,8 @@ Data flow of one step (per replica, D replicas on the `batch` axis):
   uint8 images [b, H, W, 3] + instance indices [b]
   -> on-device augmentation (one view per image)
   -> encoder -> z [b, d] (unit rows)
-  -> logits against the replicated bank [b, N] -> L_ce + lambda * L_skl
+  -> logits against the replicated bank [b, N] (or, with bank.sharded, the
+     all-gathered batch against this device's rows) -> L_ce + lambda * L_skl
   -> gradients pmean'd over the axis -> optax update
   -> bank transition of the *global* batch (psum of G^T Z, or all-gathered
      z and indices for the momentum rule), identical on every replica.
@@ -222,7 +223,7 @@ def accumulate_metrics(acc: dict, sums: dict) -> dict:
 
 def reduce_metrics(sums: dict) -> dict:
   """Global means from psum'd (sum, count) pairs (replica 0's copy) of one or more steps."""
-  sums = jax.device_get(devices.unreplicate(sums))
+  sums = devices.unreplicate(sums)  # host NumPy already
   n = float(sums["count"])
   bad = int(sums["first_bad_step"])
   means = {k: float(v) / n for k, v in sums.items()
@@ -660,7 +661,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = place_state(config, state)
   step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else make_host_augment(
-      aug_cfg, jax.device_get(devices.unreplicate(state.rng)))
+      aug_cfg, devices.unreplicate(state.rng))
   writer = reporting.MetricWriter(workdir, enabled=is_main)
   acc = None  # metric sums since the last fetch, kept on device
 
