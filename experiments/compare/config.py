@@ -11,25 +11,20 @@ that define each method. Any field can be overridden, e.g.
 
 import ml_collections
 
-from configs import cifar10, quickstart
+from experiments import sweep
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  base = sweep.preset_base(preset)
   if preset == "cpu":
     # A 2-core CPU finishes all four in about 30 minutes.
-    base = quickstart.get_config()
-    base.unlock()
     base.num_epochs = 10
     base.eval.every_epochs = 2
     base.model.head_hidden = 512
-  elif preset == "gpu":
+  else:
     # ResNet-18 on the full CIFAR-10 train set, for one GPU.
-    base = cifar10.get_config()
-    base.unlock()
     base.num_epochs = 100
     base.eval.every_epochs = 10
-  else:
-    raise ValueError(f"preset must be 'cpu' or 'gpu', got {preset!r}.")
   config = ml_collections.ConfigDict()
   config.base = base
   config.methods = ("ours", "npid", "simclr", "byol")

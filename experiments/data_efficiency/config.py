@@ -1,0 +1,68 @@
+"""Data efficiency: the four methods on fixed seeded fractions of CIFAR-10's train split.
+
+    python -m experiments.data_efficiency.run --config experiments/data_efficiency/config.py:cpu --workdir runs/data_cpu
+    python -m experiments.data_efficiency.run --config experiments/data_efficiency/config.py:gpu --workdir runs/data_gpu
+
+Every run takes the same number of optimizer steps (`config.steps`): a run on
+a tenth of the images trains ten times as many epochs, so the fractions
+differ in data, not in compute. The kNN bank and the linear probe's training
+set are the labelled subset the network trained on; the test set is the whole
+test split. Any field can be overridden, e.g. `--config.seeds=(0,)`.
+"""
+
+import math
+
+import ml_collections
+
+from experiments import sweep
+
+METHODS = ("ours", "npid", "simclr", "byol")
+CIFAR10_TRAIN = 50_000
+
+
+def variant_name(method: str, fraction: float) -> str:
+  return f"{method}-f{fraction:g}"
+
+
+def variants(config: ml_collections.ConfigDict) -> tuple:
+  """(name, overrides) for every method x fraction, each trained for config.steps steps.
+
+  Epochs per fraction assume CIFAR-10's (and CIFAR-100's) 50,000 train images.
+  """
+  out = []
+  batch_size, steps = config.base.batch_size, config.steps
+  for method in config.methods:
+    for f in config.fractions:
+      steps_per_epoch = int(round(f * CIFAR10_TRAIN)) // batch_size
+      if steps_per_epoch < 1:
+        raise ValueError(f"fraction {f} holds fewer than one batch of {batch_size} images.")
+      epochs = math.ceil(steps / steps_per_epoch)
+      # Warmup and checkpoints by steps too, not epochs (an epoch of 1% is one step).
+      warmup = max(1, round(config.warmup_steps / steps_per_epoch))
+      out.append((variant_name(method, f),
+                  f"method={method} data.fraction={f} num_epochs={epochs} "
+                  f"optim.warmup_epochs={warmup} checkpoint_every_epochs={max(1, epochs // 10)}"))
+  return tuple(out)
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  base = sweep.preset_base(preset)
+  if preset == "cpu":
+    # ResNet-18 width 1/4, 500 to 5,000 images (1% to 10% of CIFAR-10), 190
+    # steps of 256 (10 epochs of the 5,000), warmup 19 steps: about 80 minutes
+    # per seed on 2 CPU cores.
+    base.model.head_hidden = 512
+    fractions, steps, warmup_steps = (0.01, 0.025, 0.05, 0.1), 190, 19
+  else:
+    # ResNet-18 (bf16), 10% to 100% of CIFAR-10, 9,700 steps of 512 (100 epochs of
+    # the whole), warmup 485 steps (5 epochs of the whole).
+    fractions, steps, warmup_steps = (0.1, 0.25, 0.5, 1.0), 9_700, 485
+  base.data.test_fraction = 1.0   # always the whole test split
+  base.eval.every_epochs = 0      # epochs differ per fraction: evaluate at the end only
+  config = sweep.experiment_config("data_efficiency", preset, base)
+  # The runner builds the variants (method x fraction) from these four.
+  config.methods = METHODS
+  config.fractions = fractions
+  config.steps = steps
+  config.warmup_steps = warmup_steps
+  return config

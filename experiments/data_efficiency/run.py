@@ -1,0 +1,75 @@
+"""Runs the data-efficiency sweep; writes results.{json,md} and data_efficiency.png.
+
+    python -m experiments.data_efficiency.run --config experiments/data_efficiency/config.py:cpu --workdir runs/data_cpu
+
+Every (method, fraction, seed) trains in `<workdir>/<method>-f<fraction>/seed<k>`;
+rerunning skips finished runs and resumes an interrupted one.
+"""
+
+from experiments import sweep
+from experiments.data_efficiency import config as config_lib
+
+
+def markdown(config, rows: dict, meta: dict) -> str:
+  fractions, methods = list(config.fractions), list(config.methods)
+  name = config_lib.variant_name
+  cell = lambda m, f, key: (rows[name(m, f)][key].pct() if name(m, f) in rows else "-")
+  images = {f: next((r["num_train_examples"] for n, r in rows.items()
+                     if n.endswith(f"-f{f:g}")), None) for f in fractions}
+  head = ["method"] + [f"{100 * f:g}% ({images[f] or '?'} images)" for f in fractions]
+  out = [f"# Data efficiency: {meta['preset']} preset", "",
+         f"Command: `{meta['command']}`", "",
+         f"Device: {meta['device']}; {meta['dataset']}, fixed seeded subsets of the train split, "
+         f"evaluated on all {meta['num_test_examples']} test images (the kNN bank and the linear "
+         f"probe's training set are the subset); {meta['model']}; batch {meta['batch_size']}; "
+         f"{config.steps} steps for every run (epochs scale with 1/fraction); seeds "
+         f"{meta['seeds']}. Top-1 in %, mean ± half the range over seeds.", "",
+         "kNN top-1:", "",
+         sweep.markdown_table(head, [[m] + [cell(m, f, "knn_top1") for f in fractions]
+                                     for m in methods]), "",
+         "Linear probe top-1:", "",
+         sweep.markdown_table(head, [[m] + [cell(m, f, "linear_top1") for f in fractions]
+                                     for m in methods]), ""]
+  if "ours" in methods:
+    lead = []
+    for m in methods:
+      if m == "ours":
+        continue
+      cells = []
+      for f in fractions:
+        a, b = rows.get(name("ours", f)), rows.get(name(m, f))
+        cells.append(f"{100 * (a['knn_top1'].mean - b['knn_top1'].mean):+.2f}"
+                     if a and b else "-")
+      lead.append([f"ours - {m}"] + cells)
+    out += ["kNN lead of ours (points, means over seeds):", "",
+            sweep.markdown_table(["vs"] + head[1:], lead), ""]
+  return "\n".join(out)
+
+
+def plot(config, rows: dict, path: str) -> bool:
+  plt = sweep.pyplot()
+  if plt is None:
+    return False
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for key, ax in zip(("knn_top1", "linear_top1"), axes):
+    for m in config.methods:
+      pts = [(100 * f, rows[n][key]) for f in config.fractions
+             if (n := config_lib.variant_name(m, f)) in rows]
+      if pts:
+        ax.errorbar([p[0] for p in pts], [100 * s.mean for _, s in pts],
+                    yerr=[100 * s.spread for _, s in pts], marker="o", capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("% of the CIFAR-10 train split")
+    ax.set_ylabel(f"{'kNN' if key == 'knn_top1' else 'linear'} top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  sweep.save_figure(fig, path)
+  return True
+
+
+def report(config, results: dict, command: str) -> str:
+  return sweep.write_report(config, results, command, markdown, plot, "data_efficiency.png")
+
+
+if __name__ == "__main__":
+  sweep.main("experiments.data_efficiency.run", report, config_lib.variants)

@@ -1,0 +1,45 @@
+"""Model efficiency: the four methods on backbones of increasing size.
+
+    python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu --workdir runs/model_cpu
+    python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:gpu --workdir runs/model_gpu
+
+Same data, batch and epochs for every backbone; the table and plot put the
+final kNN and linear top-1 against the backbone's parameter count and
+against the training seconds. Any field can be overridden, e.g.
+`--config.seeds=(0,)`.
+"""
+
+import ml_collections
+
+from experiments import sweep
+
+METHODS = ("ours", "npid", "simclr", "byol")
+
+
+def variant_name(method: str, model: str, width: float) -> str:
+  return f"{method}-{model}-w{width:g}"
+
+
+def variants(config: ml_collections.ConfigDict) -> tuple:
+  """(name, overrides) for every method x (model name, width) of config.backbones."""
+  return tuple((variant_name(m, name, width), f"method={m} model.name={name} model.width={width}")
+               for m in config.methods for name, width in config.backbones)
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  base = sweep.preset_base(preset)
+  if preset == "cpu":
+    # 5,000 CIFAR-10 images, 10 epochs; ResNet-18 at widths 1/8, 1/4, 1/2.
+    base.num_epochs = 10
+    base.model.head_hidden = 512
+    backbones = (("resnet18", 0.125), ("resnet18", 0.25), ("resnet18", 0.5))
+  else:
+    # All 50,000 images, 100 epochs; ResNet-18 at widths 1/4, 1/2, 1, and ResNet-50.
+    base.num_epochs = 100
+    backbones = (("resnet18", 0.25), ("resnet18", 0.5), ("resnet18", 1.0), ("resnet50", 1.0))
+  base.eval.every_epochs = 0
+  config = sweep.experiment_config("model_efficiency", preset, base)
+  # The runner builds the variants (method x backbone) from these two.
+  config.methods = METHODS
+  config.backbones = backbones
+  return config

@@ -1,0 +1,79 @@
+"""Runs the model-efficiency sweep; writes results.{json,md} and model_efficiency.png.
+
+    python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu --workdir runs/model_cpu
+
+Every (method, backbone, seed) trains in `<workdir>/<method>-<model>-w<width>/seed<k>`;
+rerunning skips finished runs and resumes an interrupted one.
+"""
+
+from experiments import sweep
+from experiments.model_efficiency import config as config_lib
+
+
+def markdown(config, rows: dict, meta: dict) -> str:
+  backbones, methods = [tuple(b) for b in config.backbones], list(config.methods)
+  name = lambda m, b: config_lib.variant_name(m, b[0], b[1])
+  params = {b: next((r["num_params"]["backbone"] for m in methods
+                     if (r := rows.get(name(m, b)))), None) for b in backbones}
+  head = ["method"] + [f"{b[0]} w{b[1]:g} ({params[b] / 1e6:.2f}M)" if params[b]
+                       else f"{b[0]} w{b[1]:g}" for b in backbones]
+
+  def table(fmt):
+    return sweep.markdown_table(head, [[m] + [fmt(rows[name(m, b)]) if name(m, b) in rows
+                                              else "-" for b in backbones] for m in methods])
+
+  out = [f"# Model efficiency: {meta['preset']} preset", "",
+         f"Command: `{meta['command']}`", "",
+         f"Device: {meta['device']}; {meta['dataset']} ({meta['num_train_examples']} train "
+         f"images, {meta['num_test_examples']} test images); batch {meta['batch_size']}; "
+         f"{meta['epochs']} epochs; seeds {meta['seeds']}. Columns: backbone and its parameter "
+         f"count (backbone only). Top-1 in %, mean ± half the range over seeds.", "",
+         "kNN top-1:", "", table(lambda r: r["knn_top1"].pct()), "",
+         "Linear probe top-1:", "", table(lambda r: r["linear_top1"].pct()), "",
+         "Training seconds (all epochs, evaluation excluded, compilation included):", "",
+         table(lambda r: f"{r['training_seconds'].mean:.0f}"), ""]
+  if "ours" in methods:
+    lead = []
+    for m in methods:
+      if m != "ours":
+        lead.append([f"ours - {m}"] + [
+            f"{100 * (rows[name('ours', b)]['knn_top1'].mean - rows[name(m, b)]['knn_top1'].mean):+.2f}"
+            if name("ours", b) in rows and name(m, b) in rows else "-" for b in backbones])
+    out += ["kNN lead of ours (points, means over seeds):", "",
+            sweep.markdown_table(["vs"] + head[1:], lead), ""]
+  return "\n".join(out)
+
+
+def plot(config, rows: dict, path: str) -> bool:
+  plt = sweep.pyplot()
+  if plt is None:
+    return False
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for m in config.methods:
+    pts = [rows[n] for name, width in config.backbones
+           if (n := config_lib.variant_name(m, name, width)) in rows]
+    if not pts:
+      continue
+    knn = [100 * r["knn_top1"].mean for r in pts]
+    err = [100 * r["knn_top1"].spread for r in pts]
+    axes[0].errorbar([r["num_params"]["backbone"] for r in pts], knn, yerr=err, marker="o",
+                     capsize=3, label=m)
+    axes[1].errorbar([r["training_seconds"].mean for r in pts], knn, yerr=err, marker="o",
+                     capsize=3, label=m)
+  axes[0].set_xlabel("backbone parameters")
+  axes[1].set_xlabel("training seconds (evaluation excluded)")
+  for ax in axes:
+    ax.set_xscale("log")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  sweep.save_figure(fig, path)
+  return True
+
+
+def report(config, results: dict, command: str) -> str:
+  return sweep.write_report(config, results, command, markdown, plot, "model_efficiency.png")
+
+
+if __name__ == "__main__":
+  sweep.main("experiments.model_efficiency.run", report, config_lib.variants)

@@ -1,0 +1,236 @@
+"""Experiment sweeps: variant parsing, resumable runs, aggregation and the three reports."""
+
+import json
+import os
+
+import pytest
+
+from configs import default
+from experiments import sweep
+from experiments.ablation import config as ablation_config
+from experiments.ablation import run as ablation_run
+from experiments.data_efficiency import config as data_config
+from experiments.data_efficiency import run as data_run
+from experiments.model_efficiency import config as model_config
+from experiments.model_efficiency import run as model_run
+from ssl_jax import train
+from tests.helpers import needs_cifar10, tiny_config
+
+
+def test_variants_are_parsed_to_the_fields_types_and_checked():
+  base = default.get_config()
+  [v] = sweep.parse_variants([("a", "method=npid loss.kl_weight=1 bank.init=random "
+                                    "augment.flip=false augment.crop_scale=(0.5,1.0) "
+                                    "num_epochs=3")], base)
+  assert dict(v.overrides) == {"method": "npid", "loss.kl_weight": 1.0, "bank.init": "random",
+                               "augment.flip": False, "augment.crop_scale": (0.5, 1.0),
+                               "num_epochs": 3}
+  assert isinstance(v.get("loss.kl_weight"), float)
+  for spec, match in [([("a", "loss.nope=1")], "no field 'loss.nope'"),
+                      ([("a", "nope.x=1")], "no section 'nope'"),
+                      ([("a", "num_epochs=2.5")], "float, the field holds a int"),
+                      ([("a", "augment.flip=yes")], "true or false"),
+                      ([("a", "loss.kl_weight")], "not field=value"),
+                      ([("a", "method=moco")], "method must be one of"),
+                      ([("a/b", "")], "not a folder name"),
+                      ([("a", ""), ("a", "")], "appears twice"),
+                      ([("a",)], "a variant is"), ([], "empty")]:
+    with pytest.raises(sweep.SweepError, match=match):
+      sweep.parse_variants(spec, base)
+
+
+def test_variant_config_applies_method_then_overrides_then_seed():
+  base = default.get_config()
+  [v] = sweep.parse_variants([("v", "loss.temperature=0.2 method=npid")], base)
+  config = sweep.variant_config(base, v, seed=3)
+  # set_method('npid') sets tau 0.07, the explicit override wins whatever its position.
+  assert (config.method, config.loss.temperature, config.bank.init, config.seed) == (
+      "npid", 0.2, "random", 3)
+  assert (base.method, base.loss.temperature, base.seed) == ("ours", 0.1, 0)
+
+
+def _fake_train(calls):
+  def train_fn(config, workdir):
+    calls.append((workdir, config.seed))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort())
+    s = _summary(0.3 + 0.01 * config.seed)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(s, f)
+    return s
+  return train_fn
+
+
+def _summary(knn, epochs=4, n=500, ips=100.0):
+  return {"knn_top1_init": 0.2, "knn_top1": knn, "linear_top1": knn + 0.05, "epochs": epochs,
+          "num_train_examples": n, "num_test_examples": 200, "dataset": "folder:/x/c.tar.gz",
+          "seconds_per_epoch": 10.0, "images_per_second": ips,
+          "history": [{"epoch": e, "epoch_seconds": 10.0 + (e == 1),
+                       **({"knn_top1": knn - 0.01} if e == 2 else {})}
+                      for e in range(1, epochs + 1)]}
+
+
+def _sweep_config(variants, seeds=(0, 1)):
+  config = ablation_config.get_config("cpu")
+  config.variants = variants
+  config.seeds = seeds
+  return config
+
+
+def test_sweep_runs_seed_major_never_recomputes_and_refuses_a_changed_config(tmp_path):
+  config = _sweep_config((("a", "loss.kl_weight=0.0"), ("b", "")))
+  calls, lines = [], []
+  results = sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(calls))
+  assert [(os.path.relpath(w, tmp_path), s) for w, s in calls] == [
+      ("a/seed0", 0), ("b/seed0", 0), ("a/seed1", 1), ("b/seed1", 1)]
+  assert [s["seed"] for s in results["a"]] == [0, 1]
+  assert results["a"][0]["num_params"] == sweep.count_params(config.base)
+  assert lines[0].startswith("[1/4] a seed 0: training")
+
+  again, lines = [], []
+  sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
+  assert again == [] and "finished" in lines[0]
+
+  # Where files are kept does not count; what is trained does.
+  saved = os.path.join(tmp_path, "a", "seed0", "config.json")
+  with open(saved) as f:
+    c = json.load(f)
+  c["data"]["cache_dir"], c["log_every_steps"] = "/elsewhere", 1
+  c["data"]["source"] = "folder:/other/checkout/" + os.path.basename(c["data"]["source"])
+  with open(saved, "w") as f:
+    json.dump(c, f)
+  sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
+  assert again == []
+  config.variants = (("a", "loss.kl_weight=0.5"), ("b", ""))
+  with pytest.raises(sweep.SweepError, match="loss.kl_weight: run has 0.0, sweep wants 0.5"):
+    sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
+
+
+def test_only_finished_reports_without_training(tmp_path):
+  config = _sweep_config((("a", ""), ("b", "")), seeds=(0,))
+  sweep.run_sweep(_sweep_config((("a", ""),), seeds=(0,)), str(tmp_path), log=lambda s: None,
+                  train_fn=_fake_train([]))
+  config.only_finished = True
+  calls = []
+  results = sweep.run_sweep(config, str(tmp_path), log=lambda s: None,
+                            train_fn=_fake_train(calls))
+  assert calls == [] and len(results["a"]) == 1 and results["b"] == []
+
+
+def test_aggregate_gives_mean_and_spread_over_seeds():
+  runs = [dict(_summary(0.30), seed=0, num_params={"backbone": 5, "total": 6}),
+          dict(_summary(0.34), seed=1, num_params={"backbone": 5, "total": 6})]
+  row = sweep.aggregate(runs)
+  assert row["knn_top1"].mean == pytest.approx(0.32)
+  assert row["knn_top1"].spread == pytest.approx(0.02)
+  assert row["knn_top1"].pct() == "32.00 ± 2.00"
+  assert set(row["knn_top1_by_epoch"]) == {0, 2, 4}
+  assert row["knn_top1_by_epoch"][2].mean == pytest.approx(0.31)
+  assert row["training_seconds"].mean == pytest.approx(41.0)
+  assert sweep.Stat((0.5,)).pct() == "50.00"
+  assert json.loads(json.dumps(sweep.to_json(row)))["knn_top1"]["values"] == [0.30, 0.34]
+
+
+def test_every_preset_of_every_experiment_is_a_valid_training_config():
+  for preset in ("cpu", "gpu"):
+    ablation = ablation_config.get_config(preset)
+    data = data_config.get_config(preset)
+    data.variants = data_config.variants(data)
+    model = model_config.get_config(preset)
+    model.variants = model_config.variants(model)
+    for config in (ablation, data, model):
+      variants = sweep.parse_variants(config.variants, config.base)
+      for v in variants:
+        train.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
+    assert len(ablation.variants) == 14 and len(data.variants) == 16
+    assert len(model.variants) == 4 * len(model.backbones)
+    # Data efficiency: every fraction gets (at least) the same number of steps.
+    for v in sweep.parse_variants(data.variants, data.base):
+      n = round(v.get("data.fraction") * 50_000)
+      steps = v.get("num_epochs") * (n // data.base.batch_size)
+      assert data.steps <= steps < data.steps + n // data.base.batch_size
+  for lib in (ablation_config, data_config, model_config):
+    with pytest.raises(ValueError, match="preset must be"):
+      lib.get_config("tpu")
+
+
+def test_ablation_components_turn_off_to_npid_settings():
+  base = default.get_config()
+  config = ablation_config.get_config("cpu")
+  by_name = {v.name: sweep.variant_config(config.base, v, 0)
+             for v in sweep.parse_variants(config.variants, config.base)}
+  none, full = by_name["none"], by_name["init+grad+kl"]
+  assert (none.bank.init, none.bank.update_rule, none.loss.kl_weight) == (
+      "random", "momentum", 0.0)
+  assert (full.bank.init, full.bank.update_rule, full.loss.kl_weight) == (
+      base.bank.init, base.bank.update_rule, base.loss.kl_weight)
+  assert by_name["grad+kl"].bank.init == "random" and by_name["init"].loss.kl_weight == 0.0
+  assert {c.loss.temperature for n, c in by_name.items() if not n.startswith("tau")} == {0.1}
+
+
+def _results(names, knn_fn, seeds=(0, 1), **kw):
+  return {n: [dict(_summary(knn_fn(n, s), **kw), seed=s,
+                   num_params={"backbone": 10**6 * (i + 1), "total": 10**6 * (i + 2)})
+              for s in seeds] for i, n in enumerate(names)}
+
+
+def test_ablation_report_estimates_each_components_effect(tmp_path):
+  config = ablation_config.get_config("cpu")
+  config.results_dir = str(tmp_path)
+  names = [n for n, _ in config.variants]
+
+  def knn(name, seed):
+    on = ablation_run.components_of(name) or frozenset()
+    return 0.30 + 0.01 * ("init" in on) + 0.02 * ("grad" in on) + 0.03 * ("kl" in on) + 0.002 * seed
+
+  results = _results(names, knn)
+  md = ablation_run.report(config, results, "cmd")
+  effects = ablation_run.main_effects({n: sweep.aggregate(s) for n, s in results.items()})
+  assert {c: round(100 * s.mean, 6) for c, s in effects.items()} == {
+      "init": 1.0, "grad": 2.0, "kl": 3.0}
+  assert "| kl | +3.00 ± 0.00 |" in md and "| init+grad+kl | 2 | 20.00 ± 0.00 |" in md
+  # Every combination is in one pair of each component: without all 8, no effect.
+  partial = {n: sweep.aggregate(s) for n, s in results.items() if n != "init+kl"}
+  assert ablation_run.main_effects(partial) == {}
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["meta"]["effects"]["kl"]["mean"] == pytest.approx(0.03)
+  if sweep.pyplot() is not None:
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
+  data = data_config.get_config("cpu")
+  data.results_dir = str(tmp_path / "d")
+  data.variants = data_config.variants(data)
+  names = [n for n, _ in data.variants]
+  lead = lambda n: 0.1 * float(n.split("-f")[1]) if n.startswith("ours") else 0.0
+  md = data_run.report(data, _results(names, lambda n, s: 0.3 + lead(n)), "cmd")
+  assert "| ours - npid | +0.10 | +0.25 | +0.50 | +1.00 |" in md
+  model = model_config.get_config("cpu")
+  model.results_dir = str(tmp_path / "m")
+  model.variants = model_config.variants(model)
+  names = [n for n, _ in model.variants]
+  md = model_run.report(model, _results(names, lambda n, s: 0.35 if n.startswith("ours")
+                                         else 0.3), "cmd")
+  assert "| ours - simclr | +5.00 | +5.00 | +5.00 |" in md
+  assert "| method | resnet18 w0.125 (1.00M) | resnet18 w0.25 (2.00M) |" in md
+  if sweep.pyplot() is not None:
+    assert (tmp_path / "d" / "data_efficiency.png").stat().st_size > 1000
+    assert (tmp_path / "m" / "model_efficiency.png").stat().st_size > 1000
+
+
+@needs_cifar10
+def test_a_real_sweep_trains_its_overrides_and_reuses_finished_runs(tmp_path):
+  config = _sweep_config((("npid-like", "bank.init=random bank.update_rule=momentum "
+                                        "loss.kl_weight=0.0"),), seeds=(0,))
+  config.base = tiny_config(**{"eval.linear_epochs": 1})
+  [summary] = sweep.run_sweep(config, str(tmp_path), log=lambda s: None)["npid-like"]
+  with open(tmp_path / "npid-like" / "seed0" / "config.json") as f:
+    saved = json.load(f)
+  assert (saved["bank"]["init"], saved["loss"]["kl_weight"]) == ("random", 0.0)
+  assert 0.1 < summary["knn_top1"] <= 1.0
+  # The real train writes a config.json the sweep accepts, so nothing is retrained.
+  [again] = sweep.run_sweep(config, str(tmp_path), log=lambda s: None,
+                            train_fn=lambda *a: pytest.fail("retrained"))["npid-like"]
+  assert again["knn_top1"] == summary["knn_top1"]
