@@ -291,6 +291,42 @@ def knn_by_epoch(summary: dict) -> dict[int, float]:
   return out
 
 
+def seconds_by_epoch(summary: dict) -> dict[int, float]:
+  """{epoch: training seconds up to the end of that epoch}, with 0 at epoch 0."""
+  out, elapsed = {0: 0.0}, 0.0
+  for r in summary["history"]:
+    elapsed += r["epoch_seconds"]
+    out[r["epoch"]] = elapsed
+  return out
+
+
+def knn_at_seconds(summary: dict, budget: float) -> float:
+  """kNN top-1 after `budget` training seconds, interpolated between evaluations.
+
+  A run that finished within the budget keeps its final accuracy.
+  """
+  seconds = seconds_by_epoch(summary)
+  points = sorted((seconds[e], knn) for e, knn in knn_by_epoch(summary).items())
+  if budget >= points[-1][0]:
+    return points[-1][1]
+  for (t0, a0), (t1, a1) in zip(points, points[1:]):
+    if t0 <= budget <= t1:
+      return a0 + (a1 - a0) * (budget - t0) / (t1 - t0) if t1 > t0 else a1
+  return points[0][1]
+
+
+def equal_time(results: dict[str, list[dict]]) -> tuple[float, dict[str, "Stat"]]:
+  """(budget, {variant: kNN after budget seconds}) with the budget the shortest run's time.
+
+  Compares variants at equal wall-clock: a variant with a slower step has
+  done fewer epochs by then.
+  """
+  runs = [s for ss in results.values() for s in ss]
+  budget = min(training_seconds(s) for s in runs)
+  return budget, {name: Stat(tuple(knn_at_seconds(s, budget) for s in ss))
+                  for name, ss in results.items() if ss}
+
+
 @dataclasses.dataclass(frozen=True)
 class Stat:
   """A metric over seeds."""
@@ -320,6 +356,7 @@ def aggregate(summaries: list[dict]) -> dict:
   stat = lambda xs: Stat(tuple(float(x) for x in xs))
   epochs = sorted(set.intersection(*(set(knn_by_epoch(s)) for s in summaries)))
   return {
+      "seconds_by_epoch": {e: stat(seconds_by_epoch(s)[e] for s in summaries) for e in epochs},
       "seeds": [s["seed"] for s in summaries],
       "num_train_examples": summaries[0]["num_train_examples"],
       "num_params": summaries[0]["num_params"],
@@ -376,6 +413,62 @@ def write_results(results_dir: str, name: str, meta: dict, rows: dict, md: str) 
     json.dump(to_json({"meta": meta, "variants": rows}), f, indent=2)
   with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
     f.write(md)
+
+
+def variants_table(rows: dict[str, dict], at_time: Optional[tuple[float, dict]] = None) -> str:
+  """Markdown: per variant, seeds, kNN at every evaluated epoch, linear, s/epoch.
+
+  `at_time` = equal_time(results) adds the kNN at that training-seconds budget.
+  """
+  epochs = sorted({e for r in rows.values() for e in r["knn_top1_by_epoch"]} - {0})
+  head = (["variant", "seeds", "kNN untrained"] + [f"kNN ep {e}" for e in epochs]
+          + ["linear", "s/epoch"])
+  if at_time:
+    head.append(f"kNN at {at_time[0]:.0f} s")
+  table = []
+  for name, r in rows.items():
+    by_epoch = r["knn_top1_by_epoch"]
+    table.append([name, len(r["seeds"]), by_epoch[0].pct()]
+                 + [by_epoch[e].pct() if e in by_epoch else "-" for e in epochs]
+                 + [r["linear_top1"].pct(), f"{r['seconds_per_epoch'].mean:.1f}"]
+                 + ([at_time[1][name].pct()] if at_time else []))
+  return markdown_table(head, table)
+
+
+def variants_plot(rows: dict[str, dict], path: str, curves: Sequence[str],
+                  highlight: str = "") -> bool:
+  """kNN against epochs and against training seconds for `curves`; final kNN of every row."""
+  plt = pyplot()
+  if plt is None:
+    return False
+  fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+  for name in curves:
+    if name not in rows:
+      continue
+    r = rows[name]
+    epochs = sorted(r["knn_top1_by_epoch"])
+    knn = [100 * r["knn_top1_by_epoch"][e].mean for e in epochs]
+    width = 2.5 if name == highlight else 1.2
+    axes[0].plot(epochs, knn, marker="o", label=name, linewidth=width)
+    axes[1].plot([r["seconds_by_epoch"][e].mean for e in epochs], knn, marker="o", label=name,
+                 linewidth=width)
+  axes[0].set_xlabel("epoch")
+  axes[1].set_xlabel("training seconds (evaluation excluded)")
+  for ax in axes[:2]:
+    ax.set_ylabel("kNN top-1 (%), mean over seeds")
+    ax.legend(fontsize=7)
+  names = list(rows)
+  for i, name in enumerate(names):
+    values = [100 * v for v in rows[name]["knn_top1"].values]
+    axes[2].bar(i, sum(values) / len(values), color="C0" if name in curves else "C1", alpha=0.6)
+    axes[2].scatter([i] * len(values), values, color="k", s=10, zorder=3)
+  axes[2].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+  axes[2].set_ylim(min(100 * min(r["knn_top1"].values) for r in rows.values()) - 3, None)
+  axes[2].set_ylabel("final kNN top-1 (%): bars mean, dots seeds")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  save_figure(fig, path)
+  return True
 
 
 def rows_of(results: dict[str, list[dict]]) -> dict[str, dict]:

@@ -13,6 +13,8 @@ from experiments.data_efficiency import config as data_config
 from experiments.data_efficiency import run as data_run
 from experiments.model_efficiency import config as model_config
 from experiments.model_efficiency import run as model_run
+from experiments.recipe import config as recipe_config
+from experiments.recipe import run as recipe_run
 from ssl_jax import train
 from tests.helpers import needs_cifar10, tiny_config
 
@@ -139,7 +141,8 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
     data.variants = data_config.variants(data)
     model = model_config.get_config(preset)
     model.variants = model_config.variants(model)
-    for config in (ablation, data, model):
+    recipe = recipe_config.get_config(preset)
+    for config in (ablation, data, model, recipe):
       variants = sweep.parse_variants(config.variants, config.base)
       for v in variants:
         train.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
@@ -150,7 +153,7 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       n = round(v.get("data.fraction") * 50_000)
       steps = v.get("num_epochs") * (n // data.base.batch_size)
       assert data.steps <= steps < data.steps + n // data.base.batch_size
-  for lib in (ablation_config, data_config, model_config):
+  for lib in (ablation_config, data_config, model_config, recipe_config):
     with pytest.raises(ValueError, match="preset must be"):
       lib.get_config("tpu")
 
@@ -234,3 +237,36 @@ def test_a_real_sweep_trains_its_overrides_and_reuses_finished_runs(tmp_path):
   [again] = sweep.run_sweep(config, str(tmp_path), log=lambda s: None,
                             train_fn=lambda *a: pytest.fail("retrained"))["npid-like"]
   assert again["knn_top1"] == summary["knn_top1"]
+
+
+def test_equal_time_interpolates_knn_at_the_shortest_runs_seconds():
+  fast = _summary(0.40)                       # evaluations at 0, 21 and 41 s
+  slow = _summary(0.50)
+  for r in slow["history"]:
+    r["epoch_seconds"] *= 2                   # 0, 42 and 82 s
+  assert sweep.seconds_by_epoch(fast) == {0: 0.0, 1: 11.0, 2: 21.0, 3: 31.0, 4: 41.0}
+  assert sweep.knn_at_seconds(fast, 31.0) == pytest.approx(0.395)
+  assert sweep.knn_at_seconds(fast, 10.5) == pytest.approx(0.2 + 0.19 / 2)
+  assert sweep.knn_at_seconds(fast, 1e9) == 0.40
+  budget, at = sweep.equal_time({"fast": [fast], "slow": [slow]})
+  assert budget == 41.0
+  assert at["fast"].mean == 0.40
+  # The slow run is between its untrained (0 s) and epoch-2 (42 s) evaluations.
+  assert at["slow"].mean == pytest.approx(0.2 + 0.29 * 41 / 42)
+
+
+def test_recipe_report_ranks_at_equal_epochs_and_at_equal_time(tmp_path):
+  config = recipe_config.get_config("cpu")
+  config.results_dir = str(tmp_path)
+  config.variants = (("default", ""), ("slow_but_better", ""), ("worse", ""))
+  results = _results(["default", "slow_but_better", "worse"],
+                     lambda n, s: {"default": 0.40, "slow_but_better": 0.45, "worse": 0.35}[n])
+  for s in results["slow_but_better"]:
+    for r in s["history"]:
+      r["epoch_seconds"] *= 4
+  md = recipe_run.report(config, results, "cmd")
+  # Best at equal epochs, last at equal time (at 41 s it has not reached its epoch 2).
+  assert "| slow_but_better | 45.00 ± 0.00 | +5.00 |" in md
+  assert md.index("| slow_but_better | 45.00") < md.index("| default | 40.00")
+  row = next(line for line in md.splitlines() if line.startswith("| slow_but_better | 45.00"))
+  assert row.endswith("| 3 |")
