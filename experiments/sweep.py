@@ -7,7 +7,8 @@ An experiment config (e.g. `experiments/ablation/config.py`) holds
     config.seeds     (0, 1, ...)
 
 A variant's overrides are ml-collections field assignments, written as on
-the command line without `--config.`: `"loss.kl_weight=0.5 bank.lr=3.2"`.
+the command line without `--config.`, separated by spaces (so no spaces
+inside a value): `"loss.kl_weight=0.5 augment.crop_scale=(0.08,1.0)"`.
 `method=npid` is applied first through `configs.default.set_method` (which
 sets that method's defining fields); the other assignments follow it.
 
