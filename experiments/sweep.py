@@ -157,15 +157,20 @@ def config_differences(saved: dict, wanted: ml_collections.ConfigDict) -> list[s
   """Fields (other than IGNORED_FIELDS) where a run's config.json differs from `wanted`.
 
   `data.source` is compared by its kind and file name, so a run made from
-  another checkout of the same archive still counts.
+  another checkout of the same archive still counts. A field the run's
+  config lacks (added to the library after the run) matches when the sweep
+  wants its default, which by this library's rule keeps the old behaviour.
   """
   a = _flatten(saved)
   b = _flatten(json.loads(wanted.to_json_best_effort()))
+  defaults = _flatten(json.loads(default.get_config().to_json_best_effort()))
   diffs = []
   for field in sorted(set(a) | set(b)):
     if field in IGNORED_FIELDS:
       continue
     x, y = a.get(field, "<absent>"), b.get(field, "<absent>")
+    if field not in a and field in defaults and y == defaults[field]:
+      continue
     if field == "data.source" and isinstance(x, str) and isinstance(y, str):
       x, y = os.path.basename(x), os.path.basename(y)
     if x != y:

@@ -100,10 +100,15 @@ def test_sweep_runs_seed_major_never_recomputes_and_refuses_a_changed_config(tmp
     c = json.load(f)
   c["data"]["cache_dir"], c["log_every_steps"] = "/elsewhere", 1
   c["data"]["source"] = "folder:/other/checkout/" + os.path.basename(c["data"]["source"])
+  del c["data"]["shards"]           # added to the library later; the sweep wants its default
   with open(saved, "w") as f:
     json.dump(c, f)
   sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
   assert again == []
+  config.base.data.shards = 2
+  with pytest.raises(sweep.SweepError, match="data.shards: run has '<absent>', sweep wants 2"):
+    sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
+  config.base.data.shards = 0
   config.variants = (("a", "loss.kl_weight=0.5"), ("b", ""))
   with pytest.raises(sweep.SweepError, match="loss.kl_weight: run has 0.0, sweep wants 0.5"):
     sweep.run_sweep(config, str(tmp_path), log=lines.append, train_fn=_fake_train(again))
