@@ -197,12 +197,14 @@ def test_ablation_report_estimates_each_components_effect(tmp_path):
   effects = ablation_run.main_effects({n: sweep.aggregate(s) for n, s in results.items()})
   assert {c: round(100 * s.mean, 6) for c, s in effects.items()} == {
       "init": 1.0, "grad": 2.0, "kl": 3.0}
-  assert "| kl | +3.00 ± 0.00 |" in md and "| init+grad+kl | 2 | 20.00 ± 0.00 |" in md
+  assert "| component | kNN ep 2 | kNN ep 4 | linear |" in md
+  assert "| kl | +3.00 ± 0.00 | +3.00 ± 0.00 | +3.00 ± 0.00 |" in md
+  assert "| init+grad+kl | 2 | 20.00 ± 0.00 |" in md
   # Every combination is in one pair of each component: without all 8, no effect.
   partial = {n: sweep.aggregate(s) for n, s in results.items() if n != "init+kl"}
   assert ablation_run.main_effects(partial) == {}
   saved = json.load(open(tmp_path / "results.json"))
-  assert saved["meta"]["effects"]["kl"]["mean"] == pytest.approx(0.03)
+  assert saved["meta"]["effects"]["kNN ep 4"]["kl"]["mean"] == pytest.approx(0.03)
   if sweep.pyplot() is not None:
     assert (tmp_path / "ablation.png").stat().st_size > 1000
 

@@ -19,12 +19,12 @@ def components_of(name: str):
   return frozenset(parts) if parts <= set(COMPONENTS) else None
 
 
-def main_effects(rows: dict) -> dict:
-  """Each component's effect on final kNN: mean over the 4 pairs that differ only in it.
+def main_effects(rows: dict, metric=lambda r: r["knn_top1"]) -> dict:
+  """Each component's effect on `metric`: mean over the 4 pairs that differ only in it.
 
-  Per seed, so the spread over seeds is reported too. Needs all 8
-  combinations with the same seeds; components whose pairs are missing
-  are left out.
+  `metric(row)` is a Stat over seeds (default: the final kNN top-1). Per
+  seed, so the spread over seeds is reported too. Needs all 8 combinations
+  with a common seed; components whose pairs are missing are left out.
   """
   by_set = {components_of(n): r for n, r in rows.items() if components_of(n) is not None}
   effects = {}
@@ -37,12 +37,29 @@ def main_effects(rows: dict) -> dict:
     for seed in sorted(seeds):
       diffs = []
       for off, on in pairs:
-        pick = lambda r: r["knn_top1"].values[r["seeds"].index(seed)]
+        pick = lambda r: metric(r).values[r["seeds"].index(seed)]
         diffs.append(pick(on) - pick(off))
       per_seed.append(sum(diffs) / len(diffs))
     if per_seed:
       effects[c] = sweep.Stat(tuple(per_seed))
   return effects
+
+
+def _common_seeds(rows: dict) -> list[int]:
+  combos = [r for n, r in rows.items() if components_of(n) is not None]
+  return sorted(set.intersection(*(set(r["seeds"]) for r in combos))) if combos else []
+
+
+def effects_by_metric(rows: dict) -> dict[str, dict]:
+  """{metric label: main_effects} for kNN at every evaluated epoch and the linear probe."""
+  combos = [r for n, r in rows.items() if components_of(n) is not None]
+  if not combos:
+    return {}
+  epochs = sorted(set.intersection(*(set(r["knn_top1_by_epoch"]) for r in combos)) - {0})
+  out = {f"kNN ep {e}": main_effects(rows, lambda r, e=e: r["knn_top1_by_epoch"][e])
+         for e in epochs}
+  out["linear"] = main_effects(rows, lambda r: r["linear_top1"])
+  return {label: e for label, e in out.items() if e}
 
 
 def markdown(rows: dict, effects: dict, meta: dict) -> str:
@@ -58,18 +75,21 @@ def markdown(rows: dict, effects: dict, meta: dict) -> str:
          f"epochs.", "",
          sweep.variants_table(rows), ""]
   if effects:
-    out += ["Effect of each component on the final kNN top-1 (mean over the four pairs of "
-            "combinations that differ only in it; ± half the range over seeds):", "",
-            sweep.markdown_table(["component", "kNN change (points)"],
-                                 [[c, f"{100 * s.mean:+.2f} ± {100 * s.spread:.2f}"]
-                                  for c, s in effects.items()]), ""]
+    labels = list(effects)
+    out += ["Effect of switching each component on, in points of top-1: the mean over the "
+            "four pairs of combinations that differ only in it, per seed; ± half the range "
+            f"over seeds {_common_seeds(rows)}:",
+            "",
+            sweep.markdown_table(["component"] + labels, [
+                [c] + [f"{100 * effects[m][c].mean:+.2f} ± {100 * effects[m][c].spread:.2f}"
+                       if c in effects[m] else "-" for m in labels] for c in COMPONENTS]), ""]
   return "\n".join(out)
 
 
 def report(config, results: dict, command: str) -> str:
   """Writes results.json, results.md and ablation.png; returns the Markdown."""
   rows = sweep.rows_of(results)
-  effects = main_effects(rows)
+  effects = effects_by_metric(rows)
   meta = sweep.describe(config, results, command)
   md = markdown(rows, effects, meta)
   sweep.write_results(config.results_dir, "results", {**meta, "effects": effects}, rows, md)
