@@ -49,8 +49,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   base = sweep.preset_base(preset)
   if preset == "cpu":
     # ResNet-18 width 1/4, 500 to 5,000 images (1% to 10% of CIFAR-10), 190
-    # steps of 256 (10 epochs of the 5,000), warmup 19 steps: about 80 minutes
-    # per seed on 2 CPU cores.
+    # steps of 256 (10 epochs of the 5,000), warmup 19 steps. Each run
+    # costs what one of the comparison's CPU runs does (4 to 9 minutes on 2
+    # cores), so about 100 minutes per seed.
     base.model.head_hidden = 512
     fractions, steps, warmup_steps = (0.01, 0.025, 0.05, 0.1), 190, 19
   else:

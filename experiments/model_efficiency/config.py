@@ -29,7 +29,9 @@ def variants(config: ml_collections.ConfigDict) -> tuple:
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   base = sweep.preset_base(preset)
   if preset == "cpu":
-    # 5,000 CIFAR-10 images, 10 epochs; ResNet-18 at widths 1/8, 1/4, 1/2.
+    # 5,000 CIFAR-10 images, 10 epochs; ResNet-18 at widths 1/8, 1/4, 1/2:
+    # about 110 minutes per seed on 2 CPU cores (width 1/2 steps are about 2.7x
+    # slower than width 1/4, benchmarks/results/cpu.md).
     base.num_epochs = 10
     base.model.head_hidden = 512
     backbones = (("resnet18", 0.125), ("resnet18", 0.25), ("resnet18", 0.5))
