@@ -46,7 +46,8 @@ def sweep_variants(bank_lr: float) -> tuple:
   )
 
 
-def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+def base_config(preset: str) -> ml_collections.ConfigDict:
+  """The training config every variant starts from (also the recipe search's)."""
   base = sweep.preset_base(preset)
   if preset == "cpu":
     # ResNet-18 width 1/4, 5,000 CIFAR-10 images, 10 epochs: about 4 minutes
@@ -55,6 +56,11 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   else:
     # ResNet-18 (bf16) on all 50,000 train images, 50 epochs: one GPU.
     base.num_epochs, base.eval.every_epochs = 50, 5
+  return base
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  base = base_config(preset)
   config = sweep.experiment_config("ablation", preset, base)
   config.variants = component_variants() + sweep_variants(base.bank.lr)
   return config

@@ -18,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import default
+from experiments import sweep
 
 config_flags.DEFINE_config_file("config", None, "experiments/compare/config.py:<preset>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the runs of every method.")
@@ -39,8 +40,7 @@ def run_method(base, method: str, workdir: str) -> dict:
 def table_rows(summaries: dict) -> list[dict]:
   rows = []
   for method, s in summaries.items():
-    knn_by_epoch = {r["epoch"]: r["knn_top1"] for r in s["history"] if "knn_top1" in r}
-    knn_by_epoch[s["epochs"]] = s["knn_top1"]
+    knn_by_epoch = {e: v for e, v in sweep.knn_by_epoch(s).items() if e}
     rows.append({"method": method, "knn_top1_init": s["knn_top1_init"],
                  "knn_top1_by_epoch": knn_by_epoch, "knn_top1": s["knn_top1"],
                  "linear_top1": s["linear_top1"], "seconds_per_epoch": s["seconds_per_epoch"],
@@ -53,22 +53,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
   epochs = sorted({e for r in rows for e in r["knn_top1_by_epoch"]})
   head = (["method", "kNN untrained"] + [f"kNN ep {e}" for e in epochs]
           + ["linear", "s/epoch", "images/s", "peak memory"])
-  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   pct = lambda v: f"{100 * v:.2f}" if v is not None else "-"
+  cells = []
   for r in rows:
     mem = r["peak_memory_bytes"]
-    cells = ([r["method"], pct(r["knn_top1_init"])]
-             + [pct(r["knn_top1_by_epoch"].get(e)) for e in epochs]
-             + [pct(r["linear_top1"]), f"{r['seconds_per_epoch']:.1f}",
-                f"{r['images_per_second']:.0f}", f"{mem / 2**30:.2f} GiB" if mem else "n/a"])
-    lines.append("| " + " | ".join(cells) + " |")
+    cells.append([r["method"], pct(r["knn_top1_init"])]
+                 + [pct(r["knn_top1_by_epoch"].get(e)) for e in epochs]
+                 + [pct(r["linear_top1"]), f"{r['seconds_per_epoch']:.1f}",
+                    f"{r['images_per_second']:.0f}", f"{mem / 2**30:.2f} GiB" if mem else "n/a"])
   out = [f"# Comparison: {meta['preset']} preset", "",
          f"Command: `{meta['command']}`", "",
          f"Device: {meta['device']}; data: {meta['dataset']} ({meta['num_train_examples']} "
          f"train images, {meta['num_test_examples']} test images, CIFAR-10 (JPEG)); "
          f"{meta['model']}; batch {meta['batch_size']}; {meta['epochs']} epochs. "
          f"Accuracies in %, top-1; images/s counts source images (a two-view step "
-         f"augments and encodes each twice).", "", *lines, ""]
+         f"augments and encodes each twice).", "", sweep.markdown_table(head, cells), ""]
   ratio = meta.get("ours_over_simclr_images_per_second")
   if ratio:
     out.append(f"Single-branch (ours) images per second over SimCLR's two-view step, same "
@@ -77,31 +76,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def plot(summaries: dict, path: str) -> bool:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("matplotlib is not installed: no plot written (pip install 'ssl_jax[plots]')")
+  plt = sweep.pyplot()
+  if plt is None:
     return False
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for method, s in summaries.items():
-    epochs, seconds, knn, elapsed = [0], [0.0], [s["knn_top1_init"]], 0.0
-    for r in s["history"]:
-      elapsed += r["epoch_seconds"]
-      if "knn_top1" in r:
-        epochs.append(r["epoch"]), seconds.append(elapsed), knn.append(r["knn_top1"])
-    epochs.append(s["epochs"]), seconds.append(elapsed), knn.append(s["knn_top1"])
-    axes[0].plot(epochs, [100 * k for k in knn], marker="o", label=method)
-    axes[1].plot(seconds, [100 * k for k in knn], marker="o", label=method)
+    knn, seconds = sweep.knn_by_epoch(s), sweep.seconds_by_epoch(s)
+    epochs = sorted(knn)
+    axes[0].plot(epochs, [100 * knn[e] for e in epochs], marker="o", label=method)
+    axes[1].plot([seconds[e] for e in epochs], [100 * knn[e] for e in epochs], marker="o",
+                 label=method)
   axes[0].set_xlabel("epoch")
   axes[1].set_xlabel("training seconds (excluding evaluation)")
   for ax in axes:
     ax.set_ylabel("kNN top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  sweep.save_figure(fig, path)
   return True
 
 

@@ -15,6 +15,7 @@ import math
 import ml_collections
 
 from experiments import sweep
+from ssl_jax import data as data_lib
 
 METHODS = ("ours", "npid", "simclr", "byol")
 CIFAR10_TRAIN = 50_000
@@ -33,7 +34,8 @@ def variants(config: ml_collections.ConfigDict) -> tuple:
   batch_size, steps = config.base.batch_size, config.steps
   for method in config.methods:
     for f in config.fractions:
-      steps_per_epoch = int(round(f * CIFAR10_TRAIN)) // batch_size
+      num_examples = len(data_lib.subset_positions(CIFAR10_TRAIN, f, 0))
+      steps_per_epoch = data_lib.steps_per_epoch(num_examples, batch_size)
       if steps_per_epoch < 1:
         raise ValueError(f"fraction {f} holds fewer than one batch of {batch_size} images.")
       epochs = math.ceil(steps / steps_per_epoch)

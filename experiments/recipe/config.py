@@ -14,6 +14,7 @@ at equal wall-clock.
 import ml_collections
 
 from experiments import sweep
+from experiments.ablation import config as ablation_config
 
 
 def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -35,12 +36,8 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  base = sweep.preset_base(preset)
-  if preset == "cpu":
-    # The ablation's CPU base: ResNet-18 width 1/4, 5,000 images, 10 epochs.
-    base.num_epochs, base.eval.every_epochs = 10, 2
-  else:
-    base.num_epochs, base.eval.every_epochs = 50, 5
+  # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
+  base = ablation_config.base_config(preset)
   config = sweep.experiment_config("recipe", preset, base)
   config.variants = recipe_variants(base)
   return config
