@@ -143,40 +143,67 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
       "peak_memory_bytes": train.peak_memory_bytes()}
 
 
-def bank_benchmark(n: int, d: int, batch: int, limit_gb: float, repeats: int = 5) -> dict:
-  """One bank step (logits, loss, logit gradient, gradient update) for N rows."""
+def bank_benchmark(n: int, d: int, batch: int, limit_gb: float, repeats: int = 5,
+                   rounds: int = 3) -> dict:
+  """One bank step (logits, loss, its gradient in z, gradient bank update) for N rows.
+
+  Both ways the train step can take it: `autodiff` (jax.value_and_grad through
+  the loss, then `bank_transition`, what config.bank.fused=False runs) and
+  `fused` (`bank_method.fused_loss_and_transition`, one softmax pass). The two
+  alternate for `rounds` rounds of `repeats` calls; each reports its median
+  round, so machine noise hits both alike.
+  """
   import jax
+  import numpy as np
   from ssl_jax import bank as bank_lib
   from ssl_jax import losses
   from ssl_jax.methods import bank_method
   # Bank, new bank, logits and their gradient are the big buffers (float32).
   estimate = 4 * (2 * n * d + 3 * batch * n)
-  row = {"bank_rows": n, "dim": d, "batch": batch, "estimated_bytes": estimate}
+  row = {"bank_rows": n, "dim": d, "batch": batch, "estimated_bytes": estimate,
+         "bank_bytes": n * d * 4}
   if estimate > limit_gb * 2 ** 30:
     return {**row, "skipped": f"needs about {estimate / 2 ** 30:.1f} GiB > {limit_gb} GiB limit"}
   cfg = bank_method.BankMethodConfig()
 
-  def step(z, bank, idx):
-    s = losses.bank_logits(z, bank, cfg.temperature)
-    loss, _ = bank_method.loss_from_logits(s, idx, cfg)
-    return loss, bank_method.bank_transition(bank, z, s, idx, cfg, None)
+  def autodiff(z, bank, idx):
+    def loss(z):
+      s = losses.bank_logits(z, bank, cfg.temperature)
+      return bank_method.loss_from_logits(s, idx, cfg)[0], s
+    (value, s), dz = jax.value_and_grad(loss, has_aux=True)(z)
+    return value, dz, bank_method.bank_transition(bank, z, s, idx, cfg, None)
+
+  def fused(z, bank, idx):
+    metrics, dz, new = bank_method.fused_loss_and_transition(z, bank, idx, cfg, None)
+    return metrics["loss"], dz, new
 
   key = jax.random.PRNGKey(0)
   bank = bank_lib.random_bank(key, n, d)
   z = bank_lib.random_bank(jax.random.fold_in(key, 1), batch, d)
   idx = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, n)
-  f = jax.jit(step, donate_argnums=(1,))
-  compiled = f.lower(z, bank, idx).compile()
-  memory = _memory_bytes(compiled)
-  loss, bank = compiled(z, bank, idx)
-  _block(bank)
-  t = time.perf_counter()
-  for _ in range(repeats):
-    loss, bank = compiled(z, bank, idx)
-  _block(bank)
-  dt = (time.perf_counter() - t) / repeats
-  return {**row, "step_ms": dt * 1e3, "xla_memory_bytes": memory,
-          "bank_bytes": n * d * 4}
+  paths = {"autodiff": autodiff, "fused": fused}
+  compiled = {k: jax.jit(f, donate_argnums=(1,)).lower(z, bank, idx).compile()
+              for k, f in paths.items()}
+  outs = {}
+  for k, f in compiled.items():
+    outs[k] = jax.tree_util.tree_map(np.asarray, f(z, jax.numpy.array(bank), idx))
+  row["fused_max_abs_diff"] = max(float(np.max(np.abs(a - b)))
+                                  for a, b in zip(outs["autodiff"], outs["fused"]))
+  times = {k: [] for k in paths}
+  for _ in range(rounds):
+    for k, f in compiled.items():
+      _, _, bank = f(z, bank, idx)
+      _block(bank)
+      t = time.perf_counter()
+      for _ in range(repeats):
+        _, _, bank = f(z, bank, idx)
+      _block(bank)
+      times[k].append((time.perf_counter() - t) / repeats)
+  for k in paths:
+    prefix = "" if k == "autodiff" else "fused_"
+    row[prefix + "step_ms"] = float(np.median(times[k])) * 1e3
+    row[prefix + "xla_memory_bytes"] = _memory_bytes(compiled[k])
+  return row
 
 
 def input_benchmark(source: str, decode_images: int, batch: int) -> dict:
@@ -249,16 +276,23 @@ def markdown(results: dict) -> str:
   if results.get("ratios"):
     lines += ["", "Single-branch over SimCLR images/s (same model, batch, augmentation):", ""]
     lines += [f"- {k}: {v:.2f}x" for k, v in results["ratios"].items()]
-  lines += ["", "## Bank cost (logits + loss + gradient update, one step)", "",
-            "| N | d | batch | step ms | bank MiB | XLA MiB |", "|---|---|---|---|---|---|"]
+  lines += ["", "## Bank cost (logits + loss + gradient in z + gradient update, one step)", "",
+            "autodiff: value_and_grad through the loss, then the bank transition "
+            "(`bank.fused=False`); fused: one softmax pass (`bank.fused=True`). Median of "
+            "alternating rounds.", "",
+            "| N | d | batch | autodiff ms | fused ms | fused speedup | bank MiB "
+            "| autodiff XLA MiB | fused XLA MiB | max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+  mib = lambda v: fmt(v and v / 2**20, ".0f")
   for r in results["bank"]:
     if "skipped" in r:
       lines.append(f"| {r['bank_rows']:,} | {r['dim']} | {r['batch']} | skipped: "
-                   f"{r['skipped']} | | |")
+                   f"{r['skipped']} | | | | | | |")
     else:
       lines.append(f"| {r['bank_rows']:,} | {r['dim']} | {r['batch']} | {r['step_ms']:.2f} | "
-                   f"{r['bank_bytes'] / 2**20:.0f} | "
-                   f"{fmt(r['xla_memory_bytes'] and r['xla_memory_bytes'] / 2**20, '.0f')} |")
+                   f"{r['fused_step_ms']:.2f} | {r['step_ms'] / r['fused_step_ms']:.2f}x | "
+                   f"{r['bank_bytes'] / 2**20:.0f} | {mib(r['xla_memory_bytes'])} | "
+                   f"{mib(r['fused_xla_memory_bytes'])} | {r['fused_max_abs_diff']:.1e} |")
   i = results["input"]
   lines += ["", "## Input pipeline (host only)", ""]
   if "decode_images_per_second" in i:
@@ -323,7 +357,8 @@ def main(argv) -> None:
     r = bank_benchmark(int(n), int(cfg.bank_dim), int(cfg.bank_batch), cfg.bank_memory_limit_gb)
     results["bank"].append(r)
     _log(f"bank N={n:>10,}: " + (r["skipped"] if "skipped" in r else
-                                   f"{r['step_ms']:.2f} ms/step"))
+                                   f"{r['step_ms']:.2f} ms/step autodiff, "
+                                   f"{r['fused_step_ms']:.2f} fused"))
   results["input"] = input_benchmark(source, int(cfg.pipeline_decode_images),
                                      int(cfg.pipeline_batch))
   _log(f"input: {results['input']}")

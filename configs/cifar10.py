@@ -10,5 +10,8 @@ def get_config(method: str = "ours"):
   """`--config configs/<name>.py:npid` picks a method (ours, npid, simclr, byol)."""
   config = default.get_config(method or "ours")
   config.model.dtype = "bfloat16"
+  # One softmax pass for loss, gradient and bank update (same values up to
+  # rounding, fewer [B, N] temporaries); no committed result uses this config.
+  config.bank.fused = True
   config.lock()
   return config

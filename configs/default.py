@@ -103,6 +103,11 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # Bank rows split across devices (memory N d / devices each); checkpoints
   # hold the whole bank either way. See ssl_jax/sharded_bank.py.
   config.bank.sharded = False
+  # Loss, its gradient and the bank update from one softmax pass instead of
+  # autodiff through the loss: same values up to float rounding, fewer [B, N]
+  # temporaries (benchmarks/run.py, bank part). Off by default so the
+  # committed CPU results rerun bit for bit; configs/cifar10.py turns it on.
+  config.bank.fused = False
 
   # Baselines (used when config.method is "simclr" or "byol").
   config.simclr = ml_collections.ConfigDict()

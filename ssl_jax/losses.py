@@ -119,7 +119,12 @@ def logit_grad(logits: jax.Array, idx: jax.Array, *, kl_weight: float) -> jax.Ar
   _checks.check_ndim("logits", logits, 2)
   _checks.check_indices("idx", idx, logits.shape[0], logits.shape[1])
   s = jnp.asarray(logits, jnp.float32)
-  p = jax.nn.softmax(s, axis=-1)
-  q = jax.nn.softmax(s * 0.5, axis=-1)
-  onehot = jax.nn.one_hot(idx, s.shape[1], dtype=jnp.float32)
+  return logit_grad_from_probs(jax.nn.softmax(s, axis=-1), jax.nn.softmax(s * 0.5, axis=-1),
+                               idx, kl_weight=kl_weight)
+
+
+def logit_grad_from_probs(p: jax.Array, q: jax.Array, idx: jax.Array, *,
+                          kl_weight: float) -> jax.Array:
+  """`logit_grad` from p = softmax(s) and q = softmax(s / 2), both [B, N], already computed."""
+  onehot = jax.nn.one_hot(idx, p.shape[1], dtype=jnp.float32)
   return (p - onehot) + jnp.asarray(kl_weight, jnp.float32) * (p - q)

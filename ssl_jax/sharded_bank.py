@@ -32,6 +32,7 @@ import numpy as np
 
 from ssl_jax import bank as bank_lib
 from ssl_jax import losses
+from ssl_jax.methods import bank_method
 from ssl_jax.methods.bank_method import BankMethodConfig
 
 
@@ -56,11 +57,7 @@ def join_bank(shards: np.ndarray, num_examples: int) -> np.ndarray:
 
 
 def check_supported(cfg: BankMethodConfig) -> None:
-  if cfg.kl_weight and (cfg.kl_direction != "q_p" or not cfg.kl_stop_gradient):
-    raise ValueError(
-        "config.bank.sharded=True supports SqrtKL in direction 'q_p' with a stop-gradient "
-        f"target (or kl_weight=0), got direction {cfg.kl_direction!r}, stop_gradient "
-        f"{cfg.kl_stop_gradient}.")
+  bank_method.check_closed_form(cfg, "bank.sharded")
 
 
 def _global_logsumexp(s: jax.Array, axis_name: str) -> jax.Array:

@@ -6,6 +6,9 @@ Data flow of one step (per replica, D replicas on the `batch` axis):
   -> encoder -> z [b, d] (unit rows)
   -> logits against the replicated bank [b, N] (or, with bank.sharded, the
      all-gathered batch against this device's rows) -> L_ce + lambda * L_skl
+     (with bank.fused or bank.sharded, the loss, its gradient in z and the
+     bank's update come from one softmax pass; the encoder's backward pass
+     starts from that gradient)
   -> gradients pmean'd over the axis -> optax update
   -> bank transition of the *global* batch (psum of G^T Z, or all-gathered
      z and indices for the momentum rule), identical on every replica.
@@ -75,8 +78,15 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     images = augment.augment_batch(step_key(state.rng, state.step), images, idx, aug_cfg)
 
   if method_cfg.sharded:
-    return _sharded_bank_step(state, images, idx, model=model, tx=tx, method_cfg=method_cfg,
-                              axis_name=axis_name)
+    objective = lambda z, bank: sharded_bank.loss_and_transition(
+        z, bank, idx, method_cfg, num_examples=method_cfg.num_examples, axis_name=axis_name)
+    return _cotangent_step(state, images, idx, objective, model=model, tx=tx,
+                           axis_name=axis_name)
+  if method_cfg.fused:
+    objective = lambda z, bank: bank_method.fused_loss_and_transition(
+        z, bank, idx, method_cfg, axis_name)
+    return _cotangent_step(state, images, idx, objective, model=model, tx=tx,
+                           axis_name=axis_name)
 
   def loss_fn(params):
     (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
@@ -118,13 +128,15 @@ def make_indexed_step(step_fn, steps_per_epoch: int, offset: int = 0):
   return indexed_step
 
 
-def _sharded_bank_step(state: TrainState, images: jax.Array, idx: jax.Array, *, model, tx,
-                       method_cfg: bank_method.BankMethodConfig,
-                       axis_name: str) -> tuple[TrainState, dict]:
-  """`train_step` with `state.bank` this device's [n, d] rows (see ssl_jax.sharded_bank).
+def _cotangent_step(state: TrainState, images: jax.Array, idx: jax.Array, objective, *,
+                    model, tx, axis_name: Optional[str]) -> tuple[TrainState, dict]:
+  """`train_step` for an objective that returns its own gradient in z.
 
-  The encoder's gradient comes from `jax.vjp` with the embedding cotangent
-  the sharded objective returns, so no collective is differentiated.
+  `objective(z, bank) -> (metric means, dz, new bank)` is the fused pass
+  (`bank_method.fused_loss_and_transition`, bank replicated) or the sharded
+  one (`sharded_bank.loss_and_transition`, `state.bank` this device's rows).
+  The encoder's gradient comes from `jax.vjp` with that cotangent, so neither
+  the loss nor any collective is differentiated.
   """
   def forward(params):
     (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
@@ -132,10 +144,10 @@ def _sharded_bank_step(state: TrainState, images: jax.Array, idx: jax.Array, *, 
     return z, updates["batch_stats"]
 
   z, vjp_fn, batch_stats = jax.vjp(forward, state.params, has_aux=True)
-  means, dz, new_bank = sharded_bank.loss_and_transition(
-      z, state.bank, idx, method_cfg, num_examples=method_cfg.num_examples, axis_name=axis_name)
+  means, dz, new_bank = objective(z, state.bank)
   (grads,) = vjp_fn(dz.astype(z.dtype))
-  grads = jax.lax.pmean(grads, axis_name)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   sums = _metric_sums(state, means, idx.shape[0], grads, new_bank, axis_name)
@@ -280,11 +292,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     v = config.data[field]
     if not 0.0 < v <= 1.0:
       raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
-  if is_sharded(config):
-    try:
-      sharded_bank.check_supported(bank_method.BankMethodConfig.from_config(config))
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  if config.method in BANK_METHODS:
+    method_cfg = bank_method.BankMethodConfig.from_config(config)
+    for option in ("bank.sharded", "bank.fused"):
+      if config.bank.get(option.split(".")[1], False):
+        try:
+          bank_method.check_closed_form(method_cfg, option)
+        except ValueError as e:
+          raise ConfigError(str(e)) from None
   if config.data.get("on_device", False):
     if jax.process_count() > 1:
       raise ConfigError("config.data.on_device=True supports one process; with several, "

@@ -28,8 +28,11 @@ def test_step_benchmark_reports_flops_memory_and_throughput(method, augment):
 
 
 def test_bank_benchmark_measures_or_skips_by_memory():
-  r = bench.bank_benchmark(2000, 128, 64, limit_gb=1.0, repeats=1)
-  assert r["step_ms"] > 0 and r["bank_bytes"] == 2000 * 128 * 4
+  r = bench.bank_benchmark(2000, 128, 64, limit_gb=1.0, repeats=1, rounds=1)
+  assert r["step_ms"] > 0 and r["fused_step_ms"] > 0 and r["bank_bytes"] == 2000 * 128 * 4
+  # Both paths compute the same loss, z-gradient and bank, up to float rounding.
+  assert r["fused_max_abs_diff"] < 1e-5
+  assert r["xla_memory_bytes"] > 0 and r["fused_xla_memory_bytes"] > 0
   big = bench.bank_benchmark(10_000_000, 128, 512, limit_gb=1.0)
   assert "skipped" in big and "limit" in big["skipped"]
 
@@ -46,7 +49,7 @@ def test_markdown_table_lists_every_measurement(tmp_path):
                  "compile_seconds": 3.0, "gflops_per_image": 0.05, "fraction_of_peak": 0.1,
                  "xla_memory_bytes_per_device": 2 ** 20}],
       "ratios": {"resnet10 w0.125 batch 16 augment included": 2.0},
-      "bank": [bench.bank_benchmark(1000, 128, 32, 1.0, repeats=1),
+      "bank": [bench.bank_benchmark(1000, 128, 32, 1.0, repeats=1, rounds=1),
                bench.bank_benchmark(10_000_000, 128, 512, 1.0)],
       "input": bench.input_benchmark(f"folder:{CIFAR10}", 20, 512),
   }

@@ -151,7 +151,7 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       variants = sweep.parse_variants(config.variants, config.base)
       for v in variants:
         train.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
-    assert len(ablation.variants) == 14 and len(data.variants) == 16
+    assert len(ablation.variants) == 14 and len(data.variants) == 4 * len(data.fractions)
     assert len(model.variants) == 4 * len(model.backbones)
     # Data efficiency: every fraction gets (at least) the same number of steps.
     for v in sweep.parse_variants(data.variants, data.base):
@@ -212,6 +212,7 @@ def test_ablation_report_estimates_each_components_effect(tmp_path):
 def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
   data = data_config.get_config("cpu")
   data.results_dir = str(tmp_path / "d")
+  data.fractions = (0.01, 0.025, 0.05, 0.1)
   data.variants = data_config.variants(data)
   names = [n for n, _ in data.variants]
   lead = lambda n: 0.1 * float(n.split("-f")[1]) if n.startswith("ours") else 0.0
@@ -219,6 +220,7 @@ def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
   assert "| ours - npid | +0.10 | +0.25 | +0.50 | +1.00 |" in md
   model = model_config.get_config("cpu")
   model.results_dir = str(tmp_path / "m")
+  model.backbones = (("resnet18", 0.125), ("resnet18", 0.25), ("resnet18", 0.5))
   model.variants = model_config.variants(model)
   names = [n for n, _ in model.variants]
   md = model_run.report(model, _results(names, lambda n, s: 0.35 if n.startswith("ours")

@@ -21,8 +21,9 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
   lr, bank_lr, batch = base.optim.base_lr, base.bank.lr, base.batch_size
   return (
       ("default", "method=ours"),
-      ("kl_dir=p_q", "method=ours loss.kl_direction=p_q"),
-      ("kl_sg=off", "method=ours loss.kl_stop_gradient=false"),
+      # No closed-form logit gradient: the fused pass (on in the GPU base) is refused.
+      ("kl_dir=p_q", "method=ours loss.kl_direction=p_q bank.fused=false"),
+      ("kl_sg=off", "method=ours loss.kl_stop_gradient=false bank.fused=false"),
       ("head=mlp", f"method=ours model.head=mlp model.head_hidden={4 * base.model.embed_dim}"),
       ("lr=x0.5", f"method=ours optim.base_lr={lr / 2}"),
       ("lr=x2", f"method=ours optim.base_lr={lr * 2}"),

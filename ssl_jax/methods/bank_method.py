@@ -35,6 +35,9 @@ class BankMethodConfig:
   # num_examples is then the real row count N (the shards are padded).
   sharded: bool = False
   num_examples: int = 0
+  # Loss, logit gradient and bank update from one softmax pass
+  # (`fused_loss_and_transition`) instead of autodiff through the loss.
+  fused: bool = False
 
   @classmethod
   def from_config(cls, config, num_examples: int = 0) -> "BankMethodConfig":
@@ -43,7 +46,26 @@ class BankMethodConfig:
                kl_stop_gradient=bool(config.loss.kl_stop_gradient),
                update=config.bank.update_rule, bank_lr=float(config.bank.lr),
                momentum=float(config.bank.momentum),
-               sharded=bool(config.bank.get("sharded", False)), num_examples=int(num_examples))
+               sharded=bool(config.bank.get("sharded", False)), num_examples=int(num_examples),
+               fused=bool(config.bank.get("fused", False)))
+
+  @property
+  def closed_form(self) -> bool:
+    """Whether the logit gradient is `losses.logit_grad`'s closed form.
+
+    True for SqrtKL in direction "q_p" with a stop-gradient target, or no
+    SqrtKL at all: what the fused and sharded passes compute.
+    """
+    return not self.kl_weight or (self.kl_direction == "q_p" and self.kl_stop_gradient)
+
+
+def check_closed_form(cfg: BankMethodConfig, option: str) -> None:
+  """Refuses an objective `option` (e.g. "bank.fused") cannot compute, naming both."""
+  if not cfg.closed_form:
+    raise ValueError(
+        f"config.{option}=True supports SqrtKL in direction 'q_p' with a stop-gradient "
+        f"target (or kl_weight=0), got direction {cfg.kl_direction!r}, stop_gradient "
+        f"{cfg.kl_stop_gradient}.")
 
 
 def loss_from_logits(s: jax.Array, idx: jax.Array, cfg: BankMethodConfig):
@@ -64,7 +86,7 @@ def bank_transition(bank: jax.Array, z: jax.Array, s: jax.Array, idx: jax.Array,
   """
   z = jax.lax.stop_gradient(z)
   if cfg.update == "grad":
-    if cfg.kl_direction == "q_p" and cfg.kl_stop_gradient:
+    if cfg.closed_form:
       g = losses.logit_grad(s, idx, kl_weight=cfg.kl_weight)
     else:
       # Any other SqrtKL variant: its exact per-sample logit gradient by autodiff.
@@ -75,3 +97,54 @@ def bank_transition(bank: jax.Array, z: jax.Array, s: jax.Array, idx: jax.Array,
     z = jax.lax.all_gather(z, axis_name, tiled=True)
     idx = jax.lax.all_gather(idx, axis_name, tiled=True)
   return bank_lib.momentum_update(bank, z, idx, cfg.momentum)
+
+
+def fused_loss_and_transition(z: jax.Array, bank: jax.Array, idx: jax.Array,
+                              cfg: BankMethodConfig, axis_name: Optional[str]):
+  """The objective, its gradient in z and the bank transition from one softmax pass.
+
+  What `loss_from_logits` under autodiff followed by `bank_transition` gives,
+  computed once: s = z V^T / tau, p, q and G = (p - onehot) + lambda (p - q)
+  (the closed-form logit gradient, see `check_closed_form`), then
+  dL/dz = G V / (b tau) and the bank update from the same G. Autodiff would
+  recompute the softmaxes in its backward pass and the transition a third
+  time, and keep more [b, N] temporaries alive (benchmarks/run.py, bank part).
+
+  Args:
+    z: [b, d] this replica's embeddings (unit rows); not differentiated here.
+    bank: [N, d] the (replicated) bank V.
+    idx: [b] int32 positives.
+    cfg: the objective and transition; `cfg.closed_form` must hold.
+    axis_name: inside pmap, the data axis (the transition is then the global
+      batch's, identical on every replica), else None.
+
+  Returns:
+    (metrics, dz, new_bank): metrics {'loss', 'ce', 'sqrt_kl', 'pos_prob'} as
+    means over this replica's b examples; dz [b, d] float32 = dL/dz of that
+    mean, the cotangent to back-propagate through the encoder; new_bank [N, d].
+  """
+  z = jax.lax.stop_gradient(z)
+  s = losses.bank_logits(z, bank, cfg.temperature)                 # [b, N] f32
+  logp = jax.nn.log_softmax(s, axis=-1)
+  pos = jnp.take_along_axis(logp, idx[:, None], axis=-1)[:, 0]
+  ce = -jnp.mean(pos)
+  p = jnp.exp(logp)
+  if cfg.kl_weight:
+    logq = jax.nn.log_softmax(0.5 * s, axis=-1)
+    q = jnp.exp(logq)
+    skl = jnp.mean(jnp.sum(q * (logq - logp), axis=-1))
+  else:
+    q, skl = p, jnp.zeros_like(ce)   # lambda (p - q) vanishes either way
+  g = losses.logit_grad_from_probs(p, q, idx, kl_weight=cfg.kl_weight)
+  inv_tau = 1.0 / jnp.asarray(cfg.temperature, jnp.float32)
+  # d(mean_b L_b)/dz = G V / (b tau); contract N with the bank as stored.
+  dz = jnp.dot(g, bank.astype(jnp.float32), preferred_element_type=jnp.float32)
+  dz = dz * inv_tau / z.shape[0]
+  metrics = {"loss": ce + cfg.kl_weight * skl, "ce": ce, "sqrt_kl": skl,
+             "pos_prob": jnp.mean(jnp.exp(pos))}
+  if cfg.update == "grad":
+    new_bank = bank_lib.grad_update(bank, z, g, lr=cfg.bank_lr, temperature=cfg.temperature,
+                                    axis_name=axis_name)
+  else:
+    new_bank = bank_transition(bank, z, s, idx, cfg, axis_name)
+  return metrics, dz, new_bank
