@@ -14,6 +14,12 @@ def markdown(config, rows: dict, meta: dict) -> str:
   fractions, methods = list(config.fractions), list(config.methods)
   name = config_lib.variant_name
   cell = lambda m, f, key: (rows[name(m, f)][key].pct() if name(m, f) in rows else "-")
+
+  def knn(m, f):
+    if name(m, f) not in rows:
+      return "-"
+    r = rows[name(m, f)]
+    return f"{r['knn_top1'].pct()} ({r['knn_top1_by_epoch'][0].pct()})"
   images = {f: next((r["num_train_examples"] for n, r in rows.items()
                      if n.endswith(f"-f{f:g}")), None) for f in fractions}
   head = ["method"] + [f"{100 * f:g}% ({images[f] or '?'} images)" for f in fractions]
@@ -24,9 +30,9 @@ def markdown(config, rows: dict, meta: dict) -> str:
          f"probe's training set are the subset); {meta['model']}; batch {meta['batch_size']}; "
          f"{config.steps} steps for every run (epochs scale with 1/fraction); seeds "
          f"{meta['seeds']}. Top-1 in %, mean ± half the range over seeds.", "",
-         "kNN top-1:", "",
-         sweep.markdown_table(head, [[m] + [cell(m, f, "knn_top1") for f in fractions]
-                                     for m in methods]), "",
+         "kNN top-1 (the untrained network's, the floor to beat, in brackets):", "",
+         sweep.markdown_table(head, [[m] + [knn(m, f) for f in fractions] for m in methods]),
+         "",
          "Linear probe top-1:", "",
          sweep.markdown_table(head, [[m] + [cell(m, f, "linear_top1") for f in fractions]
                                      for m in methods]), ""]
