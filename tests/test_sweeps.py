@@ -218,6 +218,16 @@ def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
   lead = lambda n: 0.1 * float(n.split("-f")[1]) if n.startswith("ours") else 0.0
   md = data_run.report(data, _results(names, lambda n, s: 0.3 + lead(n)), "cmd")
   assert "| ours - npid | +0.10 | +0.25 | +0.50 | +1.00 |" in md
+  # A scaled bank step adds rows of ours only, named apart, with bank.lr scaled.
+  data.bank_lr_scales = (0.25,)
+  data.variants = data_config.variants(data)
+  scaled = dict(v for v in data.variants if "banklr" in v[0])
+  assert sorted(scaled) == [f"ours-f{f:g}-banklr0.25" for f in data.fractions]
+  assert all(f"bank.lr={data.base.bank.lr / 4:g}" in o for o in scaled.values())
+  assert len(data.variants) == 5 * len(data.fractions)
+  md = data_run.report(data, _results([n for n, _ in data.variants],
+                                      lambda n, s: 0.5 if "banklr" in n else 0.3), "cmd")
+  assert "| ours (bank lr x0.25) |" + " 50.00 ± 0.00 (20.00 ± 0.00) |" * 4 in md
   model = model_config.get_config("cpu")
   model.results_dir = str(tmp_path / "m")
   model.backbones = (("resnet18", 0.125), ("resnet18", 0.25), ("resnet18", 0.5))

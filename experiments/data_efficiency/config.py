@@ -21,18 +21,29 @@ METHODS = ("ours", "npid", "simclr", "byol")
 CIFAR10_TRAIN = 50_000
 
 
-def variant_name(method: str, fraction: float) -> str:
-  return f"{method}-f{fraction:g}"
+def variant_name(method: str, fraction: float, bank_lr_scale: float = 1.0) -> str:
+  suffix = "" if bank_lr_scale == 1.0 else f"-banklr{bank_lr_scale:g}"
+  return f"{method}-f{fraction:g}{suffix}"
+
+
+def rows(config: ml_collections.ConfigDict) -> tuple:
+  """(method, bank lr scale) table rows: every method at x1, `ours` also at the other scales.
+
+  The scales multiply the gradient rule's bank step (`bank.lr`), so only the
+  method that uses it (`ours`) gets them.
+  """
+  scales = tuple(dict.fromkeys((1.0,) + tuple(float(x) for x in config.bank_lr_scales)))
+  return tuple((m, x) for m in config.methods for x in scales if x == 1.0 or m == "ours")
 
 
 def variants(config: ml_collections.ConfigDict) -> tuple:
-  """(name, overrides) for every method x fraction, each trained for config.steps steps.
+  """(name, overrides) for every row x fraction, each trained for config.steps steps.
 
   Epochs per fraction assume CIFAR-10's (and CIFAR-100's) 50,000 train images.
   """
   out = []
   batch_size, steps = config.base.batch_size, config.steps
-  for method in config.methods:
+  for method, scale in rows(config):
     for f in config.fractions:
       num_examples = len(data_lib.subset_positions(CIFAR10_TRAIN, f, 0))
       steps_per_epoch = data_lib.steps_per_epoch(num_examples, batch_size)
@@ -41,9 +52,11 @@ def variants(config: ml_collections.ConfigDict) -> tuple:
       epochs = math.ceil(steps / steps_per_epoch)
       # Warmup and checkpoints by steps too, not epochs (an epoch of 1% is one step).
       warmup = max(1, round(config.warmup_steps / steps_per_epoch))
-      out.append((variant_name(method, f),
+      bank_lr = "" if scale == 1.0 else f" bank.lr={config.base.bank.lr * scale:g}"
+      out.append((variant_name(method, f, scale),
                   f"method={method} data.fraction={f} num_epochs={epochs} "
-                  f"optim.warmup_epochs={warmup} checkpoint_every_epochs={max(1, epochs // 10)}"))
+                  f"optim.warmup_epochs={warmup} checkpoint_every_epochs={max(1, epochs // 10)}"
+                  + bank_lr))
   return tuple(out)
 
 
@@ -71,4 +84,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   config.fractions = fractions
   config.steps = steps
   config.warmup_steps = warmup_steps
+  # Extra rows of `ours` with its bank step scaled, e.g. (0.25,): at 1% the
+  # bank has 500 rows, and each step's push on the rows that are not the
+  # positives, about lr / (B tau) * B / N per row, is 100x what it is at 100%.
+  config.bank_lr_scales = ()
   return config

@@ -10,15 +10,20 @@ from experiments import sweep
 from experiments.data_efficiency import config as config_lib
 
 
-def markdown(config, rows: dict, meta: dict) -> str:
-  fractions, methods = list(config.fractions), list(config.methods)
-  name = config_lib.variant_name
-  cell = lambda m, f, key: (rows[name(m, f)][key].pct() if name(m, f) in rows else "-")
+def _label(method: str, scale: float) -> str:
+  return method if scale == 1.0 else f"{method} (bank lr x{scale:g})"
 
-  def knn(m, f):
-    if name(m, f) not in rows:
+
+def markdown(config, rows: dict, meta: dict) -> str:
+  fractions, table_rows = list(config.fractions), config_lib.rows(config)
+  name = config_lib.variant_name
+  cell = lambda m, x, f, key: (rows[name(m, f, x)][key].pct() if name(m, f, x) in rows
+                               else "-")
+
+  def knn(m, x, f):
+    if name(m, f, x) not in rows:
       return "-"
-    r = rows[name(m, f)]
+    r = rows[name(m, f, x)]
     return f"{r['knn_top1'].pct()} ({r['knn_top1_by_epoch'][0].pct()})"
   images = {f: next((r["num_train_examples"] for n, r in rows.items()
                      if n.endswith(f"-f{f:g}")), None) for f in fractions}
@@ -31,11 +36,13 @@ def markdown(config, rows: dict, meta: dict) -> str:
          f"{config.steps} steps for every run (epochs scale with 1/fraction); seeds "
          f"{meta['seeds']}. Top-1 in %, mean ± half the range over seeds.", "",
          "kNN top-1 (the untrained network's, the floor to beat, in brackets):", "",
-         sweep.markdown_table(head, [[m] + [knn(m, f) for f in fractions] for m in methods]),
-         "",
+         sweep.markdown_table(head, [[_label(m, x)] + [knn(m, x, f) for f in fractions]
+                                     for m, x in table_rows]), "",
          "Linear probe top-1:", "",
-         sweep.markdown_table(head, [[m] + [cell(m, f, "linear_top1") for f in fractions]
-                                     for m in methods]), ""]
+         sweep.markdown_table(head, [[_label(m, x)] + [cell(m, x, f, "linear_top1")
+                                                       for f in fractions]
+                                     for m, x in table_rows]), ""]
+  methods = list(config.methods)
   if "ours" in methods:
     lead = []
     for m in methods:
@@ -58,12 +65,13 @@ def plot(config, rows: dict, path: str) -> bool:
     return False
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for key, ax in zip(("knn_top1", "linear_top1"), axes):
-    for m in config.methods:
+    for m, x in config_lib.rows(config):
       pts = [(100 * f, rows[n][key]) for f in config.fractions
-             if (n := config_lib.variant_name(m, f)) in rows]
+             if (n := config_lib.variant_name(m, f, x)) in rows]
       if pts:
         ax.errorbar([p[0] for p in pts], [100 * s.mean for _, s in pts],
-                    yerr=[100 * s.spread for _, s in pts], marker="o", capsize=3, label=m)
+                    yerr=[100 * s.spread for _, s in pts], marker="o", capsize=3,
+                    label=_label(m, x), linestyle="-" if x == 1.0 else "--")
     ax.set_xscale("log")
     ax.set_xlabel("% of the CIFAR-10 train split")
     ax.set_ylabel(f"{'kNN' if key == 'knn_top1' else 'linear'} top-1 (%)")
