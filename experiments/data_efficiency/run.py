@@ -43,7 +43,7 @@ def markdown(config, rows: dict, meta: dict) -> str:
                                                        for f in fractions]
                                      for m, x in table_rows]), ""]
   methods = list(config.methods)
-  if "ours" in methods:
+  if "ours" in methods and len(methods) > 1:
     lead = []
     for m in methods:
       if m == "ours":
