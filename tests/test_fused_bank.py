@@ -102,6 +102,9 @@ def test_fused_refuses_sqrt_kl_variants_without_a_closed_form():
   for bad in (dict(kl_direction="p_q"), dict(kl_stop_gradient=False)):
     with pytest.raises(ValueError, match="bank.fused"):
       bank_method.check_closed_form(dataclasses.replace(cfg, **bad), "bank.fused")
+    z, bank, idx = _problem(2, 10)
+    with pytest.raises(ValueError, match="bank.fused"):
+      bank_method.fused_loss_and_transition(z, bank, idx, dataclasses.replace(cfg, **bad), None)
   config = tiny_config(**{"bank.fused": True, "loss.kl_stop_gradient": False})
   with pytest.raises(train.ConfigError, match=r"config\.bank\.fused=True"):
     train.validate_config(config, 1)

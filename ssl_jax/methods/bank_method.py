@@ -123,6 +123,7 @@ def fused_loss_and_transition(z: jax.Array, bank: jax.Array, idx: jax.Array,
     means over this replica's b examples; dz [b, d] float32 = dL/dz of that
     mean, the cotangent to back-propagate through the encoder; new_bank [N, d].
   """
+  check_closed_form(cfg, "bank.fused")   # else G below would not be the loss's gradient
   z = jax.lax.stop_gradient(z)
   s = losses.bank_logits(z, bank, cfg.temperature)                 # [b, N] f32
   logp = jax.nn.log_softmax(s, axis=-1)
