@@ -409,7 +409,9 @@ def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
       "num_test_examples": first["num_test_examples"],
       "model": f"{base.model.name} width {base.model.width}",
       "batch_size": base.batch_size, "epochs": base.num_epochs,
-      "seeds": list(config.seeds),
+      # The seeds that finished, not the ones asked for: a partial report
+      # (only_finished) must not claim seeds it does not have.
+      "seeds": sorted({s["seed"] for s in finished}),
   }
 
 

@@ -289,3 +289,13 @@ def test_recipe_report_ranks_at_equal_epochs_and_at_equal_time(tmp_path):
   assert md.index("| slow_but_better | 45.00") < md.index("| default | 40.00")
   row = next(line for line in md.splitlines() if line.startswith("| slow_but_better | 45.00"))
   assert row.endswith("| 3 |")
+
+
+def test_a_partial_report_names_only_the_seeds_that_finished(tmp_path):
+  config = model_config.get_config("cpu")
+  config.results_dir = str(tmp_path)
+  config.variants = model_config.variants(config)
+  assert tuple(config.seeds) == (0, 1)
+  names = [n for n, _ in config.variants]
+  md = model_run.report(config, _results(names, lambda n, s: 0.3, seeds=(0,)), "cmd")
+  assert "seeds [0]." in md and "seeds [0, 1]" not in md
