@@ -21,10 +21,9 @@ def markdown(config, rows: dict, meta: dict) -> str:
                                else "-")
 
   def knn(m, x, f):
-    if name(m, f, x) not in rows:
-      return "-"
-    r = rows[name(m, f, x)]
-    return f"{r['knn_top1'].pct()} ({r['knn_top1_by_epoch'][0].pct()})"
+    found = cell(m, x, f, "knn_top1")
+    return found if found == "-" else (
+        f"{found} ({rows[name(m, f, x)]['knn_top1_by_epoch'][0].pct()})")
   images = {f: next((r["num_train_examples"] for n, r in rows.items()
                      if n.endswith(f"-f{f:g}")), None) for f in fractions}
   head = ["method"] + [f"{100 * f:g}% ({images[f] or '?'} images)" for f in fractions]
