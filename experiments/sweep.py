@@ -386,6 +386,20 @@ def to_json(obj):
   return obj
 
 
+def knn_lead(row: dict, other: dict) -> str:
+  """kNN points `row` leads `other` by: the mean, then each seed's in brackets.
+
+  Per-seed leads pair the two rows' runs of the same seed, so they show whether
+  a lead is larger than the run-to-run noise; "-" where the rows' seeds differ.
+  """
+  mean = f"{100 * (row['knn_top1'].mean - other['knn_top1'].mean):+.2f}"
+  if list(row["seeds"]) != list(other["seeds"]) or len(row["seeds"]) < 2:
+    return mean
+  per_seed = ", ".join(f"{100 * (a - b):+.2f}" for a, b in
+                       zip(row["knn_top1"].values, other["knn_top1"].values))
+  return f"{mean} ({per_seed})"
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

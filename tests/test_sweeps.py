@@ -233,13 +233,24 @@ def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
   model.backbones = (("resnet18", 0.125), ("resnet18", 0.25), ("resnet18", 0.5))
   model.variants = model_config.variants(model)
   names = [n for n, _ in model.variants]
-  md = model_run.report(model, _results(names, lambda n, s: 0.35 if n.startswith("ours")
-                                         else 0.3), "cmd")
-  assert "| ours - simclr | +5.00 | +5.00 | +5.00 |" in md
+  md = model_run.report(model, _results(names, lambda n, s: 0.35 + 0.01 * s
+                                         if n.startswith("ours") else 0.3), "cmd")
+  # Leads pair each seed's runs: seed 0 leads by 5 points, seed 1 by 6.
+  assert "| ours - simclr |" + " +5.50 (+5.00, +6.00) |" * 3 in md
   assert "| method | resnet18 w0.125 (1.00M) | resnet18 w0.25 (2.00M) |" in md
   if sweep.pyplot() is not None:
     assert (tmp_path / "d" / "data_efficiency.png").stat().st_size > 1000
     assert (tmp_path / "m" / "model_efficiency.png").stat().st_size > 1000
+
+
+def test_knn_lead_pairs_runs_of_the_same_seed():
+  row = lambda seeds, knns: {"seeds": list(seeds),
+                             "knn_top1": sweep.Stat(tuple(knns))}
+  assert sweep.knn_lead(row((0, 1), (0.40, 0.35)), row((0, 1), (0.30, 0.34))) == (
+      "+5.50 (+10.00, +1.00)")
+  # Different seeds finished (or one seed): no pairing, the mean alone.
+  assert sweep.knn_lead(row((0, 1), (0.40, 0.35)), row((0,), (0.30,))) == "+7.50"
+  assert sweep.knn_lead(row((0,), (0.40,)), row((0,), (0.30,))) == "+10.00"
 
 
 @needs_cifar10

@@ -37,9 +37,9 @@ def markdown(config, rows: dict, meta: dict) -> str:
     for m in methods:
       if m != "ours":
         lead.append([f"ours - {m}"] + [
-            f"{100 * (rows[name('ours', b)]['knn_top1'].mean - rows[name(m, b)]['knn_top1'].mean):+.2f}"
+            sweep.knn_lead(rows[name("ours", b)], rows[name(m, b)])
             if name("ours", b) in rows and name(m, b) in rows else "-" for b in backbones])
-    out += ["kNN lead of ours (points, means over seeds):", "",
+    out += ["kNN lead of ours (points, mean over seeds, then each seed's in brackets):", "",
             sweep.markdown_table(["vs"] + head[1:], lead), ""]
   return "\n".join(out)
 
