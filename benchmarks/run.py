@@ -258,7 +258,8 @@ def epoch_benchmark(base, source: str, num_images: int, workdir: str) -> dict:
 def markdown(results: dict) -> str:
   env = results["environment"]
   lines = [f"# Benchmarks ({results['preset']})", "",
-           f"Device: {env['device_kind']} x {env['device_count']} ({env['platform']}), "
+           f"Device: {env['device_kind']} x {env['device_count']} ({env['platform']}; "
+           f"host {env.get('processor', 'unknown')}, {env.get('cpu_count', '?')} cores), "
            f"jax {env['jax']}, {env['date']}. Command: `{results['command']}`", "",
            f"Matmul peak ({results['peak']['dtype']}, n={results['peak']['n']}): "
            f"{results['peak']['flops_per_second'] / 1e12:.3f} TFLOP/s", "",
@@ -319,6 +320,7 @@ def main(argv) -> None:
   base = (quickstart if cfg.preset == "cpu" else cifar10).get_config()
   base.unlock()
   base.data.source = source
+  from ssl_jax import devices
   t_all = time.time()
   dev = jax.devices()[0]
   results = {
@@ -327,6 +329,7 @@ def main(argv) -> None:
       "environment": {"platform": dev.platform, "device_kind": dev.device_kind,
                       "device_count": jax.device_count(), "jax": jax.__version__,
                       "host": platform.node(), "cpu_count": os.cpu_count(),
+                      "processor": devices.processor_name(),
                       "date": datetime.date.today().isoformat()},
       "config": cfg.to_dict()}
   _log(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform})")

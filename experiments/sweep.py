@@ -409,7 +409,7 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
              command: str) -> dict:
   """What every table states under it: command, device, data, model, schedule, seeds."""
-  import jax
+  from ssl_jax import devices
   finished = [s for runs in results.values() for s in runs]
   if not finished:
     raise SweepError("no finished run to report.")
@@ -417,7 +417,7 @@ def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
   base = config.base
   return {
       "preset": config.preset, "command": command,
-      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "device": devices.describe(),
       "dataset": os.path.basename(first["dataset"]),
       "num_train_examples": first["num_train_examples"],
       "num_test_examples": first["num_test_examples"],

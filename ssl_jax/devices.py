@@ -8,6 +8,7 @@ second compilation on the first step).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import jax
@@ -15,6 +16,40 @@ import numpy as np
 from flax import jax_utils
 
 AXIS = "batch"  # the name of the data-parallel axis in every pmap of the project
+
+
+def processor_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host CPU's model name and widest AVX level, e.g. 'AMD EPYC (avx512)'.
+
+  Read from `cpuinfo`; "unknown" where there is no such file or no name.
+  """
+  name, flags = "unknown", set()
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith("model name") and name == "unknown":
+          name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    return name
+  level = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+  return f"{name} ({level.replace('512f', '512')})" if level else name
+
+
+def describe() -> str:
+  """'<count> x <device kind>'; on the CPU backend also the processor and cores.
+
+  Results computed on the CPU depend on the machine, not only on the seed:
+  the same sweep run on two of this project's machines (same code, jax and
+  data) ended 0.7 kNN points apart on one run (experiments/CLAIMS.md), as XLA
+  compiles for the host's instruction set and float rounding differs. A table
+  made on the CPU says which processor made it.
+  """
+  out = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  if jax.devices()[0].platform == "cpu":
+    out += f" ({processor_name()}, {os.cpu_count()} cores)"
+  return out
 
 
 def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:

@@ -42,7 +42,8 @@ def test_markdown_table_lists_every_measurement(tmp_path):
   results = {
       "preset": "cpu", "command": "python -m benchmarks.run",
       "environment": {"device_kind": "cpu", "device_count": 4, "platform": "cpu",
-                      "jax": "x", "date": "2026-11-28"},
+                      "jax": "x", "date": "2026-11-28", "processor": "Some CPU (avx2)",
+                      "cpu_count": 2},
       "peak": {"dtype": "float32", "n": 256, "flops_per_second": 1e11},
       "steps": [{"method": "ours", "model": "resnet10 w0.125", "batch": 16,
                  "augment": "included", "images_per_second": 100.0, "step_seconds": 0.16,
@@ -56,4 +57,5 @@ def test_markdown_table_lists_every_measurement(tmp_path):
   text = bench.markdown(results)
   assert "| ours | resnet10 w0.125 | 16 | included | 100 |" in text
   assert "2.00x" in text and "skipped" in text and "JPEG decode" in text
+  assert "(cpu; host Some CPU (avx2), 2 cores)" in text
   assert results["input"]["batch_images_per_second"] > 0

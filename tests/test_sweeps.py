@@ -253,6 +253,21 @@ def test_knn_lead_pairs_runs_of_the_same_seed():
   assert sweep.knn_lead(row((0,), (0.40,)), row((0,), (0.30,))) == "+10.00"
 
 
+def test_tables_made_on_the_cpu_name_the_processor(tmp_path):
+  from ssl_jax import devices
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse avx avx2\n"
+                  "processor\t: 1\nmodel name\t: Some CPU 9000\nflags\t\t: fpu\n")
+  assert devices.processor_name(str(info)) == "Some CPU 9000 (avx2)"
+  info.write_text("processor\t: 0\n")
+  assert devices.processor_name(str(info)) == "unknown"
+  assert devices.processor_name(str(tmp_path / "none")) == "unknown"
+  meta = sweep.describe(_sweep_config((("a", ""),)), {"a": [dict(_summary(0.3), seed=0)]}, "cmd")
+  import jax
+  assert meta["device"] == (f"{jax.device_count()} x cpu ({devices.processor_name()}, "
+                            f"{os.cpu_count()} cores)")
+
+
 @needs_cifar10
 def test_a_real_sweep_trains_its_overrides_and_reuses_finished_runs(tmp_path):
   config = _sweep_config((("npid-like", "bank.init=random bank.update_rule=momentum "
