@@ -390,7 +390,8 @@ def knn_lead(row: dict, other: dict) -> str:
   """kNN points `row` leads `other` by: the mean, then each seed's in brackets.
 
   Per-seed leads pair the two rows' runs of the same seed, so they show whether
-  a lead is larger than the run-to-run noise; "-" where the rows' seeds differ.
+  a lead is larger than the run-to-run noise; where the rows' finished seeds
+  differ (or there is one), the mean alone.
   """
   mean = f"{100 * (row['knn_top1'].mean - other['knn_top1'].mean):+.2f}"
   if list(row["seeds"]) != list(other["seeds"]) or len(row["seeds"]) < 2:

@@ -41,10 +41,10 @@ def describe() -> str:
   """'<count> x <device kind>'; on the CPU backend also the processor and cores.
 
   Results computed on the CPU depend on the machine, not only on the seed:
-  the same sweep run on two of this project's machines (same code, jax and
-  data) ended 0.7 kNN points apart on one run (experiments/CLAIMS.md), as XLA
-  compiles for the host's instruction set and float rounding differs. A table
-  made on the CPU says which processor made it.
+  the same runs on two of this project's machines (same code, jax and data)
+  ended up to 0.8 kNN points apart (experiments/CLAIMS.md, claim 4),
+  presumably because XLA compiles for the host's instruction set and float
+  rounding differs. A table made on the CPU says which processor made it.
   """
   out = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
   if jax.devices()[0].platform == "cpu":
