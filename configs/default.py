@@ -31,7 +31,8 @@ def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections
   """Sets config.method and the fields that define it (the rest stays shared).
 
   ours:   calibrated bank, gradient bank update, SqrtKL (METHOD.md defaults).
-  npid:   random bank, momentum update (m = 0.5), cross-entropy only, tau 0.07.
+  npid:   random bank, momentum update (m = 0.5), cross-entropy only, tau 0.07,
+          linear projection head.
   simclr: two views, NT-Xent (config.simclr), MLP projection head.
   byol:   two views, EMA target (config.byol), MLP projector and predictor.
   """
@@ -44,6 +45,9 @@ def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections
     config.bank.momentum = 0.5
     config.loss.kl_weight = 0.0
     config.loss.temperature = 0.07
+    # NPID's own projection, also when the base is a recipe whose method uses
+    # an MLP head (configs/cifar10.py).
+    config.model.head = "linear"
   elif method in ("simclr", "byol"):
     config.model.head = "mlp"
   return config

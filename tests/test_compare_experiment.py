@@ -34,6 +34,7 @@ def test_method_presets_set_their_defining_fields():
   ours = default.get_config("ours")
   assert (ours.bank.init, ours.bank.update_rule, ours.loss.kl_weight) == ("calibrated", "grad", 1.0)
   assert default.get_config("simclr").model.head == "mlp"
+  assert default.get_config("npid").model.head == "linear"
   with pytest.raises(ValueError, match="config.method must be one of"):
     default.get_config("moco")
 
@@ -50,3 +51,19 @@ def test_report_table_and_plot(tmp_path):
   pytest.importorskip("matplotlib")
   assert compare_run.plot(summaries, str(tmp_path / "knn.png"))
   assert (tmp_path / "knn.png").stat().st_size > 1000
+
+
+def test_the_gpu_recipe_gives_only_the_method_an_mlp_head():
+  """configs/cifar10.py's MLP head (the recipe search's winner) is the method's alone:
+  a sweep that switches its base to NPID gets NPID's linear head back, and the
+  two-view baselines keep their own MLP width."""
+  from configs import cifar10
+  assert (cifar10.get_config("ours").model.head, cifar10.get_config("npid").model.head) == (
+      "mlp", "linear")
+  base = cifar10.get_config("ours")
+  base.unlock()
+  npid = default.set_method(base.copy_and_resolve_references(), "npid")
+  assert npid.model.head == "linear"
+  simclr = default.set_method(base.copy_and_resolve_references(), "simclr")
+  assert (simclr.model.head, simclr.model.head_hidden) == (
+      "mlp", default.get_config("simclr").model.head_hidden)

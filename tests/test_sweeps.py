@@ -152,6 +152,11 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       for v in variants:
         train.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
     assert len(ablation.variants) == 14 and len(data.variants) == 4 * len(data.fractions)
+    # The recipe's head variant is the other head from its base's.
+    heads = {v.name: sweep.variant_config(recipe.base, v, 0).model.head
+             for v in sweep.parse_variants(recipe.variants, recipe.base)}
+    other = {"linear": "mlp", "mlp": "linear"}[recipe.base.model.head]
+    assert heads[f"head={other}"] == other and heads["default"] == recipe.base.model.head
     assert len(model.variants) == 4 * len(model.backbones)
     # Data efficiency: every fraction gets (at least) the same number of steps.
     for v in sweep.parse_variants(data.variants, data.base):

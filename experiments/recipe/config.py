@@ -24,7 +24,10 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
       # No closed-form logit gradient: the fused pass (on in the GPU base) is refused.
       ("kl_dir=p_q", "method=ours loss.kl_direction=p_q bank.fused=false"),
       ("kl_sg=off", "method=ours loss.kl_stop_gradient=false bank.fused=false"),
-      ("head=mlp", f"method=ours model.head=mlp model.head_hidden={4 * base.model.embed_dim}"),
+      # The other head from the base's: the GPU base (configs/cifar10.py) already
+      # has the MLP head that won on the CPU preset.
+      (("head=linear", "method=ours model.head=linear") if base.model.head == "mlp" else
+       ("head=mlp", f"method=ours model.head=mlp model.head_hidden={4 * base.model.embed_dim}")),
       ("lr=x0.5", f"method=ours optim.base_lr={lr / 2}"),
       ("lr=x2", f"method=ours optim.base_lr={lr * 2}"),
       # The bank's step size is tied to the batch (eta_V = B tau / 2).
