@@ -168,6 +168,25 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       lib.get_config("tpu")
 
 
+def test_the_recipe_confirmation_reuses_the_cpu_search_runs():
+  search, confirm = recipe_config.get_config("cpu"), recipe_config.get_config("cpu_confirm")
+  searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
+  confirmed = {v.name: v for v in sweep.parse_variants(confirm.variants, confirm.base)}
+  assert set(confirmed) - set(searched) == {"head=mlp+kl_dir=p_q"}
+  assert {0, 1} < set(confirm.seeds) and confirm.results_dir == "experiments/recipe/cpu_confirm"
+  for name, v in confirmed.items():
+    run = sweep.variant_config(confirm.base, v, 1)
+    train.validate_config(run, num_devices=1)
+    if name in searched:
+      # A run the cpu preset finished (its config.json) is the confirmation's run.
+      saved = json.loads(sweep.variant_config(search.base, searched[name], 1).to_json_best_effort())
+      assert sweep.config_differences(saved, run) == []
+  both = sweep.variant_config(confirm.base, confirmed["head=mlp+kl_dir=p_q"], 0)
+  assert (both.model.head, both.loss.kl_direction, both.bank.fused) == ("mlp", "p_q", False)
+  assert both.model.head_hidden == sweep.variant_config(
+      search.base, searched["head=mlp"], 0).model.head_hidden
+
+
 def test_ablation_components_turn_off_to_npid_settings():
   base = default.get_config()
   config = ablation_config.get_config("cpu")

@@ -2,6 +2,7 @@
 
     python -m experiments.recipe.run --config experiments/recipe/config.py:cpu --workdir runs/recipe_cpu
     python -m experiments.recipe.run --config experiments/recipe/config.py:gpu --workdir runs/recipe_gpu
+    python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_confirm --workdir runs/recipe_cpu
 
 The temperature, the SqrtKL weight and the bank learning rate are swept by
 `experiments/ablation`; this sweeps the rest: SqrtKL direction and
@@ -9,6 +10,11 @@ stop-gradient, linear or MLP projection head, learning rate, batch size,
 augmentation strength and schedule length. Every variant is the method
 (`method=ours`) with one change; the report ranks them at equal epochs and
 at equal wall-clock.
+
+`cpu_confirm` reruns the CPU preset's leaders with five seeds, and the two
+together: `default`, `head=mlp`, `kl_dir=p_q` and `head=mlp+kl_dir=p_q`. Its
+variants are the `cpu` preset's under the same names, so in the `cpu`
+preset's workdir its seeds 0 and 1 are those finished runs, not recomputed.
 """
 
 import ml_collections
@@ -39,7 +45,24 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
   )
 
 
+def confirm_variants(base: ml_collections.ConfigDict) -> tuple:
+  """The CPU search's leaders (the same names and overrides) and the two changes together."""
+  search = dict(recipe_variants(base))
+  leaders = tuple((name, search[name]) for name in ("default", "head=mlp", "kl_dir=p_q"))
+  both = search["head=mlp"] + " loss.kl_direction=p_q bank.fused=false"
+  return leaders + (("head=mlp+kl_dir=p_q", both),)
+
+
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  if preset not in ("cpu", "gpu", "cpu_confirm"):
+    raise ValueError(f"preset must be 'cpu', 'gpu' or 'cpu_confirm', got {preset!r}.")
+  if preset == "cpu_confirm":
+    base = ablation_config.base_config("cpu")
+    config = sweep.experiment_config("recipe", preset, base)
+    config.variants = confirm_variants(base)
+    # Seeds 0 and 1 are the cpu preset's runs (same variants, same workdir).
+    config.seeds = (0, 1, 2, 3, 4)
+    return config
   # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
   base = ablation_config.base_config(preset)
   config = sweep.experiment_config("recipe", preset, base)
