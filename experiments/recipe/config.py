@@ -49,22 +49,19 @@ def confirm_variants(base: ml_collections.ConfigDict) -> tuple:
   """The CPU search's leaders (the same names and overrides) and the two changes together."""
   search = dict(recipe_variants(base))
   leaders = tuple((name, search[name]) for name in ("default", "head=mlp", "kl_dir=p_q"))
-  both = search["head=mlp"] + " loss.kl_direction=p_q bank.fused=false"
+  both = search["head=mlp"] + search["kl_dir=p_q"].removeprefix("method=ours")
   return leaders + (("head=mlp+kl_dir=p_q", both),)
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   if preset not in ("cpu", "gpu", "cpu_confirm"):
     raise ValueError(f"preset must be 'cpu', 'gpu' or 'cpu_confirm', got {preset!r}.")
-  if preset == "cpu_confirm":
-    base = ablation_config.base_config("cpu")
-    config = sweep.experiment_config("recipe", preset, base)
-    config.variants = confirm_variants(base)
+  confirm = preset == "cpu_confirm"
+  # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
+  base = ablation_config.base_config("cpu" if confirm else preset)
+  config = sweep.experiment_config("recipe", preset, base)
+  config.variants = confirm_variants(base) if confirm else recipe_variants(base)
+  if confirm:
     # Seeds 0 and 1 are the cpu preset's runs (same variants, same workdir).
     config.seeds = (0, 1, 2, 3, 4)
-    return config
-  # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
-  base = ablation_config.base_config(preset)
-  config = sweep.experiment_config("recipe", preset, base)
-  config.variants = recipe_variants(base)
   return config
