@@ -168,23 +168,40 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       lib.get_config("tpu")
 
 
-def test_the_recipe_confirmation_reuses_the_cpu_search_runs():
+@pytest.mark.parametrize("preset, new_variants", [
+    ("cpu_confirm", {"head=mlp+kl_dir=p_q"}), ("cpu_sqrtkl", {"kl=0", "head=mlp+kl=0"})])
+def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
+  search, follow_up = recipe_config.get_config("cpu"), recipe_config.get_config(preset)
+  searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
+  followed = {v.name: v for v in sweep.parse_variants(follow_up.variants, follow_up.base)}
+  assert set(followed) - set(searched) == new_variants
+  assert {0, 1} < set(follow_up.seeds) and follow_up.results_dir == f"experiments/recipe/{preset}"
+  for name, v in followed.items():
+    run = sweep.variant_config(follow_up.base, v, 1)
+    train.validate_config(run, num_devices=1)
+    if name in searched:
+      # A run the cpu preset finished (its config.json) is the follow-up's run.
+      saved = json.loads(sweep.variant_config(search.base, searched[name], 1).to_json_best_effort())
+      assert sweep.config_differences(saved, run) == []
+
+
+def test_the_recipe_follow_ups_change_what_their_names_say():
   search, confirm = recipe_config.get_config("cpu"), recipe_config.get_config("cpu_confirm")
   searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
   confirmed = {v.name: v for v in sweep.parse_variants(confirm.variants, confirm.base)}
-  assert set(confirmed) - set(searched) == {"head=mlp+kl_dir=p_q"}
-  assert {0, 1} < set(confirm.seeds) and confirm.results_dir == "experiments/recipe/cpu_confirm"
-  for name, v in confirmed.items():
-    run = sweep.variant_config(confirm.base, v, 1)
-    train.validate_config(run, num_devices=1)
-    if name in searched:
-      # A run the cpu preset finished (its config.json) is the confirmation's run.
-      saved = json.loads(sweep.variant_config(search.base, searched[name], 1).to_json_best_effort())
-      assert sweep.config_differences(saved, run) == []
   both = sweep.variant_config(confirm.base, confirmed["head=mlp+kl_dir=p_q"], 0)
   assert (both.model.head, both.loss.kl_direction, both.bank.fused) == ("mlp", "p_q", False)
-  assert both.model.head_hidden == sweep.variant_config(
-      search.base, searched["head=mlp"], 0).model.head_hidden
+  mlp = sweep.variant_config(search.base, searched["head=mlp"], 0)
+  assert both.model.head_hidden == mlp.model.head_hidden
+  sqrtkl = recipe_config.get_config("cpu_sqrtkl")
+  runs = {v.name: sweep.variant_config(sqrtkl.base, v, 0)
+          for v in sweep.parse_variants(sqrtkl.variants, sqrtkl.base)}
+  assert runs["default"].loss.kl_weight > 0 and runs["head=mlp"].loss.kl_weight > 0
+  for name, with_kl in (("kl=0", "default"), ("head=mlp+kl=0", "head=mlp")):
+    # Only the SqrtKL weight differs from the run it is compared with.
+    assert runs[name].loss.kl_weight == 0.0
+    diff = sweep.config_differences(json.loads(runs[with_kl].to_json_best_effort()), runs[name])
+    assert len(diff) == 1 and diff[0].startswith("loss.kl_weight:"), diff
 
 
 def test_ablation_components_turn_off_to_npid_settings():

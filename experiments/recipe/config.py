@@ -15,6 +15,11 @@ at equal wall-clock.
 together: `default`, `head=mlp`, `kl_dir=p_q` and `head=mlp+kl_dir=p_q`. Its
 variants are the `cpu` preset's under the same names, so in the `cpu`
 preset's workdir its seeds 0 and 1 are those finished runs, not recomputed.
+
+`cpu_sqrtkl` asks whether SqrtKL earns its place in the recipe: the method
+with and without it (`kl=0`), with the linear head and with the MLP head,
+seeds 0-4. In the same workdir, `default` and `head=mlp` are the
+confirmation's finished runs.
 """
 
 import ml_collections
@@ -53,15 +58,29 @@ def confirm_variants(base: ml_collections.ConfigDict) -> tuple:
   return leaders + (("head=mlp+kl_dir=p_q", both),)
 
 
+def sqrtkl_variants(base: ml_collections.ConfigDict) -> tuple:
+  """The method and its MLP-head recipe, each with and without SqrtKL."""
+  search = dict(recipe_variants(base))
+  no_kl = " loss.kl_weight=0.0"
+  return (("default", search["default"]), ("kl=0", search["default"] + no_kl),
+          ("head=mlp", search["head=mlp"]), ("head=mlp+kl=0", search["head=mlp"] + no_kl))
+
+
+# Presets that rerun variants of the cpu search with five seeds: their variants
+# keep the search's names and overrides, so its finished runs are reused.
+_CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants}
+
+
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  if preset not in ("cpu", "gpu", "cpu_confirm"):
-    raise ValueError(f"preset must be 'cpu', 'gpu' or 'cpu_confirm', got {preset!r}.")
-  confirm = preset == "cpu_confirm"
+  if preset not in ("cpu", "gpu", *_CPU_FOLLOW_UPS):
+    raise ValueError(
+        f"preset must be 'cpu', 'gpu', 'cpu_confirm' or 'cpu_sqrtkl', got {preset!r}.")
+  follow_up = _CPU_FOLLOW_UPS.get(preset)
   # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
-  base = ablation_config.base_config("cpu" if confirm else preset)
+  base = ablation_config.base_config("cpu" if follow_up else preset)
   config = sweep.experiment_config("recipe", preset, base)
-  config.variants = confirm_variants(base) if confirm else recipe_variants(base)
-  if confirm:
-    # Seeds 0 and 1 are the cpu preset's runs (same variants, same workdir).
+  config.variants = follow_up(base) if follow_up else recipe_variants(base)
+  if follow_up:
+    # Seeds 0 and 1 of the search's variants are the cpu preset's runs.
     config.seeds = (0, 1, 2, 3, 4)
   return config
