@@ -366,3 +366,24 @@ def test_a_partial_report_names_only_the_seeds_that_finished(tmp_path):
   names = [n for n, _ in config.variants]
   md = model_run.report(config, _results(names, lambda n, s: 0.3, seeds=(0,)), "cmd")
   assert "seeds [0]." in md and "seeds [0, 1]" not in md
+
+
+def test_recipe_report_pairs_runs_of_the_same_seed(tmp_path):
+  config = recipe_config.get_config("cpu_sqrtkl")
+  config.results_dir = str(tmp_path)
+  knn = {"default": (0.40, 0.42, 0.41), "kl=0": (0.41, 0.40, 0.40),
+         "head=mlp": (0.45, 0.45, 0.45), "head=mlp+kl=0": (0.44, 0.46, 0.50)}
+  results = _results(list(knn), lambda n, s: knn[n][s], seeds=(0, 1, 2))
+  results["head=mlp+kl=0"].pop()  # seed 2 unfinished: that pair has seeds 0 and 1
+  md = recipe_run.report(config, results, "cmd")
+  # Per seed -1, +2, +1 points at every evaluation (epoch 2, 4) and on the linear probe.
+  assert ("| default - kl=0 | +0.67 ± 1.50 | +0.67 ± 1.50 | +0.67 ± 1.50 | -1.00, +2.00, +1.00 "
+          "| 2 of 3 |") in md
+  assert "| head=mlp - head=mlp+kl=0 | +0.00 ± 1.00 |" in md and "| +1.00, -1.00 | 1 of 2 |" in md
+  with open(tmp_path / "results.json") as f:
+    pairs = json.load(f)["meta"]["pairs"]
+  assert pairs["default - kl=0"]["kNN ep 4"]["values"] == pytest.approx([-0.01, 0.02, 0.01])
+  # Presets without pairs keep their report as it was.
+  config = recipe_config.get_config("cpu")
+  config.results_dir = str(tmp_path / "cpu")
+  assert "Paired" not in recipe_run.report(config, results, "cmd")

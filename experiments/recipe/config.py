@@ -69,6 +69,8 @@ def sqrtkl_variants(base: ml_collections.ConfigDict) -> tuple:
 # Presets that rerun variants of the cpu search with five seeds: their variants
 # keep the search's names and overrides, so its finished runs are reused.
 _CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants}
+# Paired comparisons (a, b) the report tabulates as a - b per seed: SqrtKL's effect.
+_PAIRS = {"cpu_sqrtkl": (("default", "kl=0"), ("head=mlp", "head=mlp+kl=0"))}
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
@@ -80,6 +82,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   base = ablation_config.base_config("cpu" if follow_up else preset)
   config = sweep.experiment_config("recipe", preset, base)
   config.variants = follow_up(base) if follow_up else recipe_variants(base)
+  config.pairs = _PAIRS.get(preset, ())
   if follow_up:
     # Seeds 0 and 1 of the search's variants are the cpu preset's runs.
     config.seeds = (0, 1, 2, 3, 4)

@@ -20,7 +20,47 @@ def ranking(rows: dict, at_time: tuple) -> list[list[str]]:
   return out
 
 
+def paired(rows: dict, a: str, b: str) -> dict[str, sweep.Stat]:
+  """`a` minus `b` per seed (the seeds both finished): kNN at each evaluated epoch, linear.
+
+  Pairing runs of the same seed (same initial network, data order and
+  augmentation) removes the seed's own luck from the difference.
+  """
+  seeds = [s for s in rows[a]["seeds"] if s in rows[b]["seeds"]]
+  if not seeds:
+    return {}
+  def diff(metric) -> sweep.Stat:
+    pick = lambda row, seed: metric(row).values[row["seeds"].index(seed)]
+    return sweep.Stat(tuple(pick(rows[a], s) - pick(rows[b], s) for s in seeds))
+  epochs = sorted(set(rows[a]["knn_top1_by_epoch"]) & set(rows[b]["knn_top1_by_epoch"]) - {0})
+  out = {f"kNN ep {e}": diff(lambda r, e=e: r["knn_top1_by_epoch"][e]) for e in epochs}
+  out["linear"] = diff(lambda r: r["linear_top1"])
+  return out
+
+
+def pairs_table(config, rows: dict) -> tuple[dict, str]:
+  """({"a - b": paired()}, Markdown) for the config's pairs whose variants both finished."""
+  found = {f"{a} - {b}": paired(rows, a, b) for a, b in config.get("pairs", ())
+           if a in rows and b in rows}
+  found = {label: d for label, d in found.items() if d}
+  if not found:
+    return {}, ""
+  labels = list(next(iter(found.values())))
+  signed = lambda s: f"{100 * s.mean:+.2f} ± {100 * s.spread:.2f}"
+  table = []
+  for label, d in found.items():
+    final = d[[m for m in d if m.startswith("kNN ep")][-1]]  # the last common evaluation
+    table.append([label] + [signed(d[m]) if m in d else "-" for m in labels]
+                 + [", ".join(f"{100 * v:+.2f}" for v in final.values),
+                    f"{sum(v > 0 for v in final.values)} of {len(final.values)}"])
+  md = sweep.markdown_table(["pair"] + labels + ["last kNN per seed", "seeds ahead"], table)
+  return found, md
+
+
 def markdown(config, rows: dict, at_time: tuple, meta: dict) -> str:
+  _, pairs_md = pairs_table(config, rows)
+  pairs = (["Paired differences in points of top-1: the first variant minus the second, per "
+            "seed, mean ± half the range over seeds:", "", pairs_md, ""] if pairs_md else [])
   return "\n".join([
       f"# Recipe search: {meta['preset']} preset", "",
       f"Command: `{meta['command']}`", "",
@@ -35,7 +75,7 @@ def markdown(config, rows: dict, at_time: tuple, meta: dict) -> str:
       "equal wall-clock:", "",
       sweep.markdown_table(["variant", "final kNN", "vs default (points)",
                             f"kNN at {at_time[0]:.0f} s", "rank at equal time"],
-                           ranking(rows, at_time)), ""])
+                           ranking(rows, at_time)), ""] + pairs)
 
 
 def report(config, results: dict, command: str) -> str:
@@ -44,9 +84,10 @@ def report(config, results: dict, command: str) -> str:
   at_time = sweep.equal_time(results)
   meta = sweep.describe(config, results, command)
   md = markdown(config, rows, at_time, meta)
+  pairs, _ = pairs_table(config, rows)
   sweep.write_results(config.results_dir, "results",
                       {**meta, "equal_time_seconds": at_time[0],
-                       "knn_top1_at_equal_time": at_time[1]}, rows, md)
+                       "knn_top1_at_equal_time": at_time[1], "pairs": pairs}, rows, md)
   sweep.variants_plot(rows, f"{config.results_dir}/recipe.png", list(rows), "default")
   return md
 
