@@ -57,8 +57,7 @@ def pairs_table(config, rows: dict) -> tuple[dict, str]:
   return found, md
 
 
-def markdown(config, rows: dict, at_time: tuple, meta: dict) -> str:
-  _, pairs_md = pairs_table(config, rows)
+def markdown(rows: dict, at_time: tuple, meta: dict, pairs_md: str) -> str:
   pairs = (["Paired differences in points of top-1: the first variant minus the second, per "
             "seed, mean ± half the range over seeds:", "", pairs_md, ""] if pairs_md else [])
   return "\n".join([
@@ -83,8 +82,8 @@ def report(config, results: dict, command: str) -> str:
   rows = sweep.rows_of(results)
   at_time = sweep.equal_time(results)
   meta = sweep.describe(config, results, command)
-  md = markdown(config, rows, at_time, meta)
-  pairs, _ = pairs_table(config, rows)
+  pairs, pairs_md = pairs_table(config, rows)
+  md = markdown(rows, at_time, meta, pairs_md)
   sweep.write_results(config.results_dir, "results",
                       {**meta, "equal_time_seconds": at_time[0],
                        "knn_top1_at_equal_time": at_time[1], "pairs": pairs}, rows, md)
