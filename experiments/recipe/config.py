@@ -69,8 +69,13 @@ def sqrtkl_variants(base: ml_collections.ConfigDict) -> tuple:
 # Presets that rerun variants of the cpu search with five seeds: their variants
 # keep the search's names and overrides, so its finished runs are reused.
 _CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants}
-# Paired comparisons (a, b) the report tabulates as a - b per seed: SqrtKL's effect.
-_PAIRS = {"cpu_sqrtkl": (("default", "kl=0"), ("head=mlp", "head=mlp+kl=0"))}
+# Paired comparisons (a, b) the report tabulates as a - b per seed.
+_PAIRS = {
+    "cpu_confirm": (("head=mlp", "default"), ("kl_dir=p_q", "default"),
+                    ("head=mlp+kl_dir=p_q", "default")),
+    # SqrtKL's effect with each head.
+    "cpu_sqrtkl": (("default", "kl=0"), ("head=mlp", "head=mlp+kl=0")),
+}
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
