@@ -368,6 +368,45 @@ def test_a_partial_report_names_only_the_seeds_that_finished(tmp_path):
   assert "seeds [0]." in md and "seeds [0, 1]" not in md
 
 
+def test_a_report_says_which_columns_have_fewer_seeds(tmp_path):
+  config = model_config.get_config("cpu_wide")
+  config.results_dir = str(tmp_path)
+  config.variants = model_config.variants(config)
+  names = [n for n, _ in config.variants]
+  results = _results(names, lambda n, s: 0.3)
+  # Seed 1 of width 1/2 has not run: the header keeps both seeds, the line names the column.
+  partial = {n: runs[:1] if n.endswith("w0.5") else runs for n, runs in results.items()}
+  md = model_run.report(config, partial, "cmd")
+  assert "seeds [0, 1]." in md
+  assert "Fewer seeds finished in some columns: resnet18 w0.5: seed 0 only." in md
+  assert "| ours - simclr | +0.00 (+0.00, +0.00) | +0.00 (+0.00, +0.00) | +0.00 |" in md
+  # Methods of one column that differ are named one by one.
+  partial["ours-resnet18-w0.5"] = results["ours-resnet18-w0.5"]
+  md = model_run.report(config, partial, "cmd")
+  assert ("resnet18 w0.5: npid seed 0 only, simclr seed 0 only, byol seed 0 only." in md)
+  assert "Fewer seeds" not in model_run.report(config, results, "cmd")
+
+
+def test_the_wide_model_preset_reuses_the_cpu_runs():
+  cpu, wide = model_config.get_config("cpu"), model_config.get_config("cpu_wide")
+  runs = {}
+  for config in (cpu, wide):
+    config.variants = model_config.variants(config)
+    runs[config.preset] = {v.name: sweep.variant_config(config.base, v, 1)
+                           for v in sweep.parse_variants(config.variants, config.base)}
+  assert set(runs["cpu_wide"]) - set(runs["cpu"]) == {
+      f"{m}-resnet18-w0.5" for m in model_config.METHODS}
+  assert wide.results_dir == "experiments/model_efficiency/cpu_wide"
+  for name, run in runs["cpu_wide"].items():
+    train.validate_config(run, num_devices=1)
+    if name in runs["cpu"]:
+      # A run the cpu preset finished (its config.json) is the wide preset's run.
+      saved = json.loads(runs["cpu"][name].to_json_best_effort())
+      assert sweep.config_differences(saved, run) == []
+    else:
+      assert (run.model.width, run.num_epochs) == (0.5, runs["cpu"]["ours-resnet18-w0.25"].num_epochs)
+
+
 def test_recipe_report_pairs_runs_of_the_same_seed(tmp_path):
   config = recipe_config.get_config("cpu_sqrtkl")
   config.results_dir = str(tmp_path)

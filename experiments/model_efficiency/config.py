@@ -1,6 +1,7 @@
 """Model efficiency: the four methods on backbones of increasing size.
 
     python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu --workdir runs/model_cpu
+    python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu_wide --workdir runs/model_cpu
     python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:gpu --workdir runs/model_gpu
 
 Same data, batch and epochs for every backbone; the table and plot put the
@@ -26,18 +27,28 @@ def variants(config: ml_collections.ConfigDict) -> tuple:
                for m in config.methods for name, width in config.backbones)
 
 
+PRESETS = ("cpu", "cpu_wide", "gpu")
+
+
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  base = sweep.preset_base(preset)
-  if preset == "cpu":
+  if preset not in PRESETS:
+    raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
+  cpu = preset.startswith("cpu")
+  base = sweep.preset_base("cpu" if cpu else preset)
+  if cpu:
     # 5,000 CIFAR-10 images, 10 epochs; ResNet-18 at widths 1/8 and 1/4 (4x
     # the parameters). At width 1/4 the four methods take about 6 + 6 + 14 +
     # 15 minutes on 2 CPU cores (experiments/compare/cpu), so about an hour per
-    # seed. Width 1/2 steps are about 2.7x slower again (benchmarks/results/
-    # cpu.md), nearly two hours more per seed: add it with
-    # --config.backbones='(("resnet18",0.125),("resnet18",0.25),("resnet18",0.5))'.
+    # seed.
     base.num_epochs = 10
     base.model.head_hidden = 512
     backbones = (("resnet18", 0.125), ("resnet18", 0.25))
+    if preset == "cpu_wide":
+      # The cpu preset plus width 1/2 (another 4x the parameters). Its steps
+      # are about 2.7x slower than width 1/4's (benchmarks/results/cpu.md),
+      # nearly two hours more per seed. Run it in the cpu preset's workdir:
+      # the w1/8 and w1/4 runs are the same runs and are reused.
+      backbones += (("resnet18", 0.5),)
   else:
     # All 50,000 images, 100 epochs; ResNet-18 at widths 1/4, 1/2, 1, and ResNet-50.
     base.num_epochs = 100

@@ -28,6 +28,7 @@ def markdown(config, rows: dict, meta: dict) -> str:
          f"images, {meta['num_test_examples']} test images); batch {meta['batch_size']}; "
          f"{meta['epochs']} epochs; seeds {meta['seeds']}. Columns: backbone and its parameter "
          f"count (backbone only). Top-1 in %, mean ± half the range over seeds.", "",
+         *fewer_seeds(config, rows, meta),
          "kNN top-1:", "", table(lambda r: r["knn_top1"].pct()), "",
          "Linear probe top-1:", "", table(lambda r: r["linear_top1"].pct()), "",
          "Training seconds (all epochs, evaluation excluded, compilation included):", "",
@@ -42,6 +43,30 @@ def markdown(config, rows: dict, meta: dict) -> str:
     out += ["kNN lead of ours (points, mean over seeds, then each seed's in brackets):", "",
             sweep.markdown_table(["vs"] + head[1:], lead), ""]
   return "\n".join(out)
+
+
+def fewer_seeds(config, rows: dict, meta: dict) -> list[str]:
+  """A line naming each backbone column whose runs have fewer seeds than the header's.
+
+  A partial report (`only_finished`) lists every seed that finished in its
+  header; a column with one seed shows no ± and its leads no per-seed values,
+  and this line says why.
+  """
+  every = list(meta["seeds"])
+  seeds_text = lambda seeds: f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+  notes = []
+  for b in (tuple(b) for b in config.backbones):
+    by_method = {m: list(r["seeds"]) for m in config.methods
+                 if (r := rows.get(config_lib.variant_name(m, b[0], b[1])))}
+    short = {m: seeds for m, seeds in by_method.items() if seeds != every}
+    if not short:
+      continue
+    if len(short) == len(by_method) and len({tuple(v) for v in short.values()}) == 1:
+      notes.append(f"{b[0]} w{b[1]:g}: {seeds_text(next(iter(short.values())))} only")
+    else:
+      notes.append(f"{b[0]} w{b[1]:g}: " + ", ".join(
+          f"{m} {seeds_text(seeds)} only" for m, seeds in short.items()))
+  return [f"Fewer seeds finished in some columns: {'; '.join(notes)}.", ""] if notes else []
 
 
 def plot(config, rows: dict, path: str) -> bool:
