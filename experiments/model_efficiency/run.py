@@ -89,9 +89,12 @@ def plot(config, rows: dict, path: str) -> bool:
   axes[1].set_xlabel("training seconds (evaluation excluded)")
   for ax in axes:
     ax.set_xscale("log")
+    # Minor-tick labels of a log axis spanning less than a decade overlap.
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_ylabel("kNN top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+  # One legend beside the plots: inside, it hid the points at the largest backbone.
+  axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
   sweep.save_figure(fig, path)
   return True
 
