@@ -55,17 +55,17 @@ def fewer_seeds(config, rows: dict, meta: dict) -> list[str]:
   every = list(meta["seeds"])
   seeds_text = lambda seeds: f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
   notes = []
-  for b in (tuple(b) for b in config.backbones):
+  for name, width in config.backbones:
     by_method = {m: list(r["seeds"]) for m in config.methods
-                 if (r := rows.get(config_lib.variant_name(m, b[0], b[1])))}
+                 if (r := rows.get(config_lib.variant_name(m, name, width)))}
     short = {m: seeds for m, seeds in by_method.items() if seeds != every}
     if not short:
       continue
-    if len(short) == len(by_method) and len({tuple(v) for v in short.values()}) == 1:
-      notes.append(f"{b[0]} w{b[1]:g}: {seeds_text(next(iter(short.values())))} only")
+    if short == by_method and len({tuple(v) for v in short.values()}) == 1:
+      detail = f"{seeds_text(next(iter(short.values())))} only"
     else:
-      notes.append(f"{b[0]} w{b[1]:g}: " + ", ".join(
-          f"{m} {seeds_text(seeds)} only" for m, seeds in short.items()))
+      detail = ", ".join(f"{m} {seeds_text(seeds)} only" for m, seeds in short.items())
+    notes.append(f"{name} w{width:g}: {detail}")
   return [f"Fewer seeds finished in some columns: {'; '.join(notes)}.", ""] if notes else []
 
 
