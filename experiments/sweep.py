@@ -401,6 +401,32 @@ def knn_lead(row: dict, other: dict) -> str:
   return f"{mean} ({per_seed})"
 
 
+def fewer_seeds(groups: dict[str, dict[str, dict]], seeds: Sequence[int], noun: str) -> list[str]:
+  """A line naming each group of rows that has fewer finished seeds than `seeds`.
+
+  A partial report (`only_finished`) lists every seed that finished in its
+  header; a row with one seed shows no ± (and its leads no per-seed values),
+  and this line says why. `groups` maps a group's label (a table column, or a
+  row) to {member label: aggregate() row}; a group whose members all lack
+  the same seeds is named once ("resnet18 w0.5: seed 0 only"), otherwise
+  member by member. Returns [] when every row has every seed.
+  """
+  every = list(seeds)
+  seeds_text = lambda ss: f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}"
+  notes = []
+  for label, members in groups.items():
+    have = {m: list(r["seeds"]) for m, r in members.items()}
+    short = {m: ss for m, ss in have.items() if ss != every}
+    if not short:
+      continue
+    if short == have and len({tuple(ss) for ss in short.values()}) == 1:
+      detail = f"{seeds_text(next(iter(short.values())))} only"
+    else:
+      detail = ", ".join(f"{m} {seeds_text(ss)} only" for m, ss in short.items())
+    notes.append(f"{label}: {detail}")
+  return [f"Fewer seeds finished in some {noun}: {'; '.join(notes)}.", ""] if notes else []
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

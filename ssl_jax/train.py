@@ -589,11 +589,49 @@ def _truncate_metrics(workdir: str, step: int) -> list[dict]:
   return records
 
 
+EPOCH_TIMING = "epoch_timing.json"
+
+
+def _carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[float, int]:
+  """(seconds, steps) the epoch of `step` had trained before the checkpoint at `step`.
+
+  A run stopped mid-epoch and resumed would otherwise time only the steps
+  after the resume: its epoch record, and so the sweeps' training seconds,
+  would leave out the work before the stop. (0, 0) at an epoch boundary or
+  when the file has no entry for `step` (a run from before this file existed,
+  or one whose save at `step` was not followed by the timing write).
+  """
+  path = os.path.join(workdir, EPOCH_TIMING)
+  if step % steps_per_epoch == 0 or not os.path.exists(path):
+    return 0.0, 0
+  with open(path) as f:
+    entry = json.load(f).get(str(step))
+  return (float(entry["seconds"]), int(entry["steps"])) if entry else (0.0, 0)
+
+
+def _record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> None:
+  """Adds the epoch's (seconds, steps) so far at checkpoint `step` to epoch_timing.json.
+
+  Written before the checkpoint's save starts, so that no committed mid-epoch
+  checkpoint lacks its entry. The last few entries are kept, not just this
+  one: a save that never completes leaves the run to resume from the one
+  before (orbax has at most one save in flight).
+  """
+  path = os.path.join(workdir, EPOCH_TIMING)
+  entries = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      entries = json.load(f)
+  entries[str(step)] = {"seconds": seconds, "steps": steps}
+  _write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` if it holds a checkpoint.
 
   Writes config.json, run_info.json, init_eval.json, metrics.jsonl,
-  tensorboard/, checkpoints/ and summary.json to `workdir`; returns the
+  tensorboard/, checkpoints/, epoch_timing.json (mid-epoch checkpoints
+  only) and summary.json to `workdir`; returns the
   summary. Raises ConfigError or DataError (before compiling anything),
   FloatingPointError on divergence (the last good checkpoint kept) and
   preemption.Preempted after SIGTERM (a checkpoint written).
@@ -649,12 +687,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # Resets the log of an earlier attempt that died before its first checkpoint.
       _truncate_metrics(workdir, 0)
     history = []
+    carried = (0.0, 0)
   else:
     log(f"resuming from checkpoint at step {int(state.step)} "
         f"(epoch {int(state.step) // steps_per_epoch})")
     with open(init_eval_path) as f:
       init_eval = json.load(f)
     history = [r for r in _truncate_metrics(workdir, int(state.step)) if "epoch_seconds" in r]
+    carried = _carried_epoch_time(workdir, int(state.step), steps_per_epoch)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -696,7 +736,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def save_checkpoint() -> None:
     fetch_and_log()
-    checkpoint.save(manager, host_state(config, state, train.num_examples))
+    saved = host_state(config, state, train.num_examples)
+    if step % steps_per_epoch and is_main:
+      # host_state waited for the step, so this is the epoch's time so far.
+      _record_epoch_time(workdir, step, carried[0] + time.perf_counter() - t_epoch,
+                         carried[1] + step - epoch * steps_per_epoch - start)
+    checkpoint.save(manager, saved)
 
   def preempt() -> None:
     if manager.latest_step() != step:
@@ -713,6 +758,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, m, epoch=(step - 1) // steps_per_epoch + 1)
       progress.update(step - epoch * steps_per_epoch - start, {"loss": m["loss"]})
 
+  compiled = False
   try:
     with preemption.StopRequest() as stop:
       while step < total_steps:
@@ -734,6 +780,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress = reporting.Progress(steps_per_epoch - start,
                                       f"epoch {epoch + 1}/{config.num_epochs}", global_batch,
                                       enabled=is_main)
+        if start != carried[1]:  # no time recorded for the steps before the resume
+          carried = (0.0, 0)
         t_epoch = time.perf_counter()
         for args in inputs:
           state, sums = p_train_step(state, *args)
@@ -749,18 +797,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             fetch_and_log()
         fetch_and_log()
         jax.block_until_ready(state.step)
-        dt = time.perf_counter() - t_epoch
+        dt = carried[0] + time.perf_counter() - t_epoch
+        timed_steps = carried[1] + steps_per_epoch - start
         epoch_done = step // steps_per_epoch
-        record = {"epoch_seconds": dt, "epoch_steps": steps_per_epoch - start,
-                  "images_per_second": (steps_per_epoch - start) * global_batch / dt}
+        # The first epoch of every process (a resumed run has several) pays
+        # for compilation; seconds_per_epoch leaves those out.
+        record = {"epoch_seconds": dt, "epoch_steps": timed_steps,
+                  "images_per_second": timed_steps * global_batch / dt}
+        includes_compile, compiled, carried = not compiled, True, (0.0, 0)
         if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
             and epoch_done < config.num_epochs):
           knn = run_evaluation(config, p_eval, _variables(state), train, test, num_classes,
                                linear=False)
           record.update(knn)
           log(f"epoch {epoch_done}: kNN top-1 {knn['knn_top1']:.4f}")
-        writer.write(step, record, epoch=epoch_done)
-        history.append({"step": step, "epoch": epoch_done, **record})
+        writer.write(step, record, epoch=epoch_done, includes_compile=includes_compile)
+        history.append({"step": step, "epoch": epoch_done,
+                        "includes_compile": includes_compile, **record})
         if epoch_done % config.checkpoint_every_epochs == 0 or step >= total_steps:
           save_checkpoint()
         if stop.requested:
@@ -774,8 +827,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log("final evaluation (kNN and linear probe)...")
   final = run_evaluation(config, p_eval, _variables(state), train, test, num_classes, linear=True)
   # Seconds per step without compilation: the first epoch of each process pays
-  # for it, so it is left out where a full later epoch exists.
-  timed = [r for r in history if r["epoch_steps"] == steps_per_epoch][1:] or history
+  # for it, so it is left out where a full later epoch exists. (Records from
+  # before includes_compile existed: the first one compiled.)
+  timed = [r for i, r in enumerate(history) if r["epoch_steps"] == steps_per_epoch
+           and not r.get("includes_compile", i == 0)] or history
   sec_per_step = (sum(r["epoch_seconds"] for r in timed)
                   / max(sum(r["epoch_steps"] for r in timed), 1))
   summary = {

@@ -66,7 +66,8 @@ def _final_state(workdir):
 
 
 def _training_records(workdir):
-  timing = {"epoch_seconds", "epoch_steps", "images_per_second"}  # wall-clock facts
+  # Wall-clock facts, and which epochs paid for a compilation (one per process).
+  timing = {"epoch_seconds", "epoch_steps", "images_per_second", "includes_compile"}
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
 
@@ -95,10 +96,21 @@ def reference_run(tmp_path_factory):
 def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
   assert code == -signal.SIGKILL
+  before_kill = json.loads((tmp_path / train.EPOCH_TIMING).read_text())
   out = _run(tmp_path)
   resumed_at = int(out.split("resuming from checkpoint at step ")[1].split()[0])
   assert 10 <= resumed_at < TOTAL_STEPS and resumed_at % 7  # mid-epoch
   _assert_same_run(reference_run, tmp_path)
+  # The interrupted epoch is timed over both processes: its record counts all
+  # 7 steps and the seconds before the kill, so training time is not lost.
+  history = json.load(open(tmp_path / "summary.json"))["history"]
+  assert [r["epoch_steps"] for r in history] == [7, 7, 7]
+  assert [r["includes_compile"] for r in history] == [
+      True] + [r["epoch"] == resumed_at // 7 + 1 for r in history[1:]]
+  carried = before_kill[str(resumed_at)]
+  assert carried["steps"] == resumed_at % 7
+  resumed_epoch = history[resumed_at // 7]
+  assert resumed_epoch["epoch_seconds"] > carried["seconds"] > 0
 
 
 @needs_cifar10

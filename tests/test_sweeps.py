@@ -387,6 +387,25 @@ def test_a_report_says_which_columns_have_fewer_seeds(tmp_path):
   assert "Fewer seeds" not in model_run.report(config, results, "cmd")
 
 
+def test_every_sweep_report_names_the_rows_with_fewer_seeds(tmp_path):
+  ablation = ablation_config.get_config("cpu")
+  recipe = recipe_config.get_config("cpu")
+  recipe.variants = (("default", ""), ("t0.2", ""))
+  data = data_config.get_config("cpu")
+  data.fractions = (0.01, 0.05)
+  data.variants = data_config.variants(data)
+  cases = [(ablation_run, ablation, "init+kl", "rows: init+kl: seed 1 only."),
+           (recipe_run, recipe, "t0.2", "rows: t0.2: seed 1 only."),
+           (data_run, data, "byol-f0.05", "columns: 5%: byol seed 1 only.")]
+  for i, (run, config, short, line) in enumerate(cases):
+    config.results_dir = str(tmp_path / str(i))
+    results = _results([n for n, _ in config.variants], lambda n, s: 0.3 + 0.01 * s)
+    assert "Fewer seeds" not in run.report(config, results, "cmd")
+    results[short] = results[short][1:]
+    md = run.report(config, results, "cmd")
+    assert "seeds [0, 1]." in md and f"Fewer seeds finished in some {line}" in md, md[:1500]
+
+
 def test_the_wide_model_preset_reuses_the_cpu_runs():
   cpu, wide = model_config.get_config("cpu"), model_config.get_config("cpu_wide")
   runs = {}

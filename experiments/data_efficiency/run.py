@@ -34,6 +34,9 @@ def markdown(config, rows: dict, meta: dict) -> str:
          f"probe's training set are the subset); {meta['model']}; batch {meta['batch_size']}; "
          f"{config.steps} steps for every run (epochs scale with 1/fraction); seeds "
          f"{meta['seeds']}. Top-1 in %, mean ± half the range over seeds.", "",
+         *sweep.fewer_seeds({f"{100 * f:g}%": {_label(m, x): r for m, x in table_rows
+                                               if (r := rows.get(name(m, f, x)))}
+                             for f in fractions}, meta["seeds"], "columns"),
          "kNN top-1 (the untrained network's, the floor to beat, in brackets):", "",
          sweep.markdown_table(head, [[_label(m, x)] + [knn(m, x, f) for f in fractions]
                                      for m, x in table_rows]), "",

@@ -46,27 +46,11 @@ def markdown(config, rows: dict, meta: dict) -> str:
 
 
 def fewer_seeds(config, rows: dict, meta: dict) -> list[str]:
-  """A line naming each backbone column whose runs have fewer seeds than the header's.
-
-  A partial report (`only_finished`) lists every seed that finished in its
-  header; a column with one seed shows no ± and its leads no per-seed values,
-  and this line says why.
-  """
-  every = list(meta["seeds"])
-  seeds_text = lambda seeds: f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-  notes = []
-  for name, width in config.backbones:
-    by_method = {m: list(r["seeds"]) for m in config.methods
-                 if (r := rows.get(config_lib.variant_name(m, name, width)))}
-    short = {m: seeds for m, seeds in by_method.items() if seeds != every}
-    if not short:
-      continue
-    if short == by_method and len({tuple(v) for v in short.values()}) == 1:
-      detail = f"{seeds_text(next(iter(short.values())))} only"
-    else:
-      detail = ", ".join(f"{m} {seeds_text(seeds)} only" for m, seeds in short.items())
-    notes.append(f"{name} w{width:g}: {detail}")
-  return [f"Fewer seeds finished in some columns: {'; '.join(notes)}.", ""] if notes else []
+  """sweep.fewer_seeds over the backbone columns, the methods their members."""
+  columns = {f"{name} w{width:g}": {m: r for m in config.methods
+                                    if (r := rows.get(config_lib.variant_name(m, name, width)))}
+             for name, width in config.backbones}
+  return sweep.fewer_seeds(columns, meta["seeds"], "columns")
 
 
 def plot(config, rows: dict, path: str) -> bool:
