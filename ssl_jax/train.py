@@ -597,16 +597,19 @@ def _carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[
 
   A run stopped mid-epoch and resumed would otherwise time only the steps
   after the resume: its epoch record, and so the sweeps' training seconds,
-  would leave out the work before the stop. (0, 0) at an epoch boundary or
-  when the file has no entry for `step` (a run from before this file existed,
-  or one whose save at `step` was not followed by the timing write).
+  would leave out the work before the stop. (0, 0) at an epoch boundary
+  (entries are only written mid-epoch) and when the entry for `step` is
+  missing (a run from before this file existed) or does not cover every step
+  of its epoch (an earlier resume whose own carry was missing).
   """
   path = os.path.join(workdir, EPOCH_TIMING)
-  if step % steps_per_epoch == 0 or not os.path.exists(path):
+  if not os.path.exists(path):
     return 0.0, 0
   with open(path) as f:
     entry = json.load(f).get(str(step))
-  return (float(entry["seconds"]), int(entry["steps"])) if entry else (0.0, 0)
+  if not entry or entry["steps"] != step % steps_per_epoch:
+    return 0.0, 0
+  return float(entry["seconds"]), int(entry["steps"])
 
 
 def _record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> None:
@@ -758,7 +761,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, m, epoch=(step - 1) // steps_per_epoch + 1)
       progress.update(step - epoch * steps_per_epoch - start, {"loss": m["loss"]})
 
-  compiled = False
+  first_epoch = step // steps_per_epoch  # this process's: it pays for compilation
   try:
     with preemption.StopRequest() as stop:
       while step < total_steps:
@@ -780,8 +783,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress = reporting.Progress(steps_per_epoch - start,
                                       f"epoch {epoch + 1}/{config.num_epochs}", global_batch,
                                       enabled=is_main)
-        if start != carried[1]:  # no time recorded for the steps before the resume
-          carried = (0.0, 0)
         t_epoch = time.perf_counter()
         for args in inputs:
           state, sums = p_train_step(state, *args)
@@ -804,7 +805,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # for compilation; seconds_per_epoch leaves those out.
         record = {"epoch_seconds": dt, "epoch_steps": timed_steps,
                   "images_per_second": timed_steps * global_batch / dt}
-        includes_compile, compiled, carried = not compiled, True, (0.0, 0)
+        includes_compile, carried = epoch == first_epoch, (0.0, 0)
         if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
             and epoch_done < config.num_epochs):
           knn = run_evaluation(config, p_eval, _variables(state), train, test, num_classes,
