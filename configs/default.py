@@ -75,7 +75,7 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # global batches of a 2-process run.
   config.data.shards = 0
   # Keep the decoded training split on every device and gather each batch
-  # there: no per-step host work (one process; needs the split to fit).
+  # there: no per-step host work (needs each process's rows to fit on a device).
   config.data.on_device = False
   config.data.cache_dir = "~/.cache/ssl_jax"  # decoded folder sources ("" to disable)
   config.data.skip_corrupt = False

@@ -113,19 +113,38 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   return new_state, sums
 
 
-def make_indexed_step(step_fn, steps_per_epoch: int, offset: int = 0):
+def make_indexed_step(step_fn, steps_per_epoch: int):
   """A step that reads its batch from device-resident data (config.data.on_device).
 
   The returned `(state, table, images) -> (state, sums)` takes this device's
-  index table of the epoch, int32 [steps_per_epoch, b] (`data.epoch_indices`),
-  and the split's uint8 images [n, H, W, 3] (rows from instance `offset`);
-  step t of the epoch gathers rows table[t] on the device, so the same
-  batches as the streaming pipeline reach `step_fn`.
+  index table of the epoch, {'index': int32 [steps_per_epoch, b] global
+  instance indices (`data.epoch_indices`), 'row': int32 [steps_per_epoch, b]
+  their rows in `images`}, and this process's rows of the split, uint8
+  [n, H, W, 3]. Step t of the epoch gathers rows table['row'][t] on the
+  device, so the same batches as the streaming pipeline reach `step_fn`.
+  (Rows come in the table, not as a constant offset, so every process runs
+  the same program.)
   """
-  def indexed_step(state: TrainState, table: jax.Array, images: jax.Array):
-    idx = jax.lax.dynamic_index_in_dim(table, state.step % steps_per_epoch, keepdims=False)
-    return step_fn(state, {"image": jnp.take(images, idx - offset, axis=0), "index": idx})
+  def indexed_step(state: TrainState, table: dict, images: jax.Array):
+    t = state.step % steps_per_epoch
+    idx, rows = (jax.lax.dynamic_index_in_dim(table[k], t, keepdims=False)
+                 for k in ("index", "row"))
+    return step_fn(state, {"image": jnp.take(images, rows, axis=0), "index": idx})
   return indexed_step
+
+
+def resident_split(train: data_lib.Split) -> jax.Array:
+  """This process's training rows on each of its devices: uint8 [D, n, H, W, 3].
+
+  Processes hold different row counts (shards differ by up to one row), but
+  a pmapped input has one shape on every device of every process, so each
+  pads to the largest share; the padding is never indexed.
+  """
+  layout = train.layout
+  n = max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
+  images = np.zeros((n, *train.images.shape[1:]), train.images.dtype)
+  images[:len(train)] = train.images
+  return devices.place(np.broadcast_to(images, (jax.local_device_count(), *images.shape)))
 
 
 def _cotangent_step(state: TrainState, images: jax.Array, idx: jax.Array, objective, *,
@@ -301,9 +320,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         except ValueError as e:
           raise ConfigError(str(e)) from None
   if config.data.get("on_device", False):
-    if jax.process_count() > 1:
-      raise ConfigError("config.data.on_device=True supports one process; with several, "
-                        "leave it False.")
     if not config.augment.on_device:
       raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")
   if config.num_epochs < 1:
@@ -711,9 +727,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   resident = None
   if config.data.get("on_device", False):
     # The split lives on every device; each step gathers its batch there.
-    p_train_step = jax.pmap(make_indexed_step(step_fn, steps_per_epoch, train.offset),
+    p_train_step = jax.pmap(make_indexed_step(step_fn, steps_per_epoch),
                             axis_name=devices.AXIS, donate_argnums=(0,))
-    resident = devices.replicate(train.images)
+    resident = resident_split(train)
   else:
     p_train_step = jax.pmap(step_fn, axis_name=devices.AXIS, donate_argnums=(0,))
   state = place_state(config, state)
@@ -768,9 +784,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch, start = divmod(step, steps_per_epoch)
         if resident is not None:
           # One transfer of the epoch's indices [D, steps, b]; no per-step host work.
-          table = devices.distribute(np.swapaxes(data_lib.epoch_indices(
+          ids = np.swapaxes(data_lib.epoch_indices(
               train.layout, global_batch=global_batch, num_local_devices=nd, seed=config.seed,
-              epoch=epoch), 0, 1))
+              epoch=epoch), 0, 1)
+          table = devices.place({"index": ids, "row": ids - np.int32(train.offset)})
           inputs = ((table, resident) for _ in range(start, steps_per_epoch))
         else:
           batches = data_lib.train_batches(

@@ -2,8 +2,9 @@
 
 Two processes with 2 fake CPU devices each (coordinator on 127.0.0.1) train a
 tiny config on real CIFAR-10 images; the result must equal a 1-process,
-4-device run on the same global batches, survive a kill of both processes,
-and stop with an error when one process dies.
+4-device run on the same global batches and a run with the split resident on
+the devices, survive a kill of both processes, and stop with an error when
+one process dies.
 """
 
 import json
@@ -104,6 +105,20 @@ def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   assert summary["knn_top1"] == pytest.approx(single["knn_top1"], abs=0.02)
+
+
+@needs_cifar10
+def test_device_resident_data_with_two_processes_gives_the_streaming_run(two_process_run,
+                                                                          tmp_path):
+  """data.on_device with 2 processes: each keeps its own half of the split on its devices."""
+  workdir, _ = two_process_run
+  _finish(_start(tmp_path, 2, 2, _free_port(), extra=["--config.data.on_device=True"]))
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["processes"] == 2 and summary["replicas_identical"] is True
+  # Process 1's rows start at instance 250: a wrong offset would train on other images.
+  a, b = _state(tmp_path), _state(workdir)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
 @needs_cifar10

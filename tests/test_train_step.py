@@ -1,5 +1,6 @@
 """The pmapped train step: replica equality, 1- vs 4-device equivalence, one compile."""
 
+import collections
 
 import jax
 import numpy as np
@@ -112,3 +113,32 @@ def test_device_resident_data_gives_the_streaming_run(tmp_path):
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(finals[True]),
                           jax.tree_util.tree_leaves(finals[False])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def test_resident_rows_gather_each_process_its_own_instances():
+  """data.on_device with several processes: unequal shares pad to one shape, and
+  every step gathers, on each device, exactly the instances of its index table."""
+  n, nd, batch = 505, jax.local_device_count(), 64  # 2 shards of 252 and 253 rows
+  steps = data_lib.steps_per_epoch(n, batch, 2)
+  step_state = collections.namedtuple("StepState", "step")
+  p_step = jax.pmap(train.make_indexed_step(lambda state, b: b, steps),
+                    axis_name=devices_lib.AXIS)
+  for process in (0, 1):
+    layout = data_lib.Layout(n, num_shards=2, process_index=process, process_count=2)
+    ids = np.arange(*layout.local_bounds)
+    # Instance i's pixels spell i, so a gathered image names the row it came from.
+    images = np.zeros((len(ids), 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
+    split = data_lib.Split(images, np.zeros(len(ids), np.int32), ("a",), layout=layout)
+    resident = train.resident_split(split)
+    assert resident.shape == (nd, 253, 2, 2, 3)
+    table = np.swapaxes(data_lib.epoch_indices(layout, global_batch=batch, num_local_devices=nd,
+                                               seed=0, epoch=3), 0, 1)  # [D, steps, b]
+    placed = devices_lib.place({"index": table, "row": table - np.int32(split.offset)})
+    for t in range(steps):
+      out = p_step(step_state(np.full(nd, t, np.int32)), placed, resident)
+      got = np.asarray(out["image"][..., 0, 0, 0], np.int64) * 256 + np.asarray(
+          out["image"][..., 0, 0, 1])
+      np.testing.assert_array_equal(got, table[:, t])
+      np.testing.assert_array_equal(out["index"], table[:, t])
+    assert np.all((table >= ids[0]) & (table <= ids[-1]))
