@@ -286,7 +286,9 @@ def experiment_config(name: str, preset: str,
 
 def training_seconds(summary: dict) -> float:
   """Seconds spent in training steps (evaluation excluded), compilation included."""
-  return float(sum(r["epoch_seconds"] for r in summary["history"]))
+  if "train_seconds" in summary:
+    return float(summary["train_seconds"])
+  return float(sum(r["epoch_seconds"] for r in summary["history"]))  # older summaries
 
 
 def knn_by_epoch(summary: dict) -> dict[int, float]:

@@ -52,6 +52,21 @@ def describe() -> str:
   return out
 
 
+def memory_stat(key: str) -> Optional[int]:
+  """One of the first local device's allocator statistics ('bytes_limit',
+  'peak_bytes_in_use', ...), or None where the backend does not say (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # CPU backends raise or return None
+    return None
+  return int(stats[key]) if stats and key in stats else None
+
+
+def memory_limit_bytes() -> Optional[int]:
+  """Bytes the allocator of the first local device may use; None where unknown (CPU)."""
+  return memory_stat("bytes_limit")
+
+
 def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))

@@ -133,6 +133,31 @@ def make_indexed_step(step_fn, steps_per_epoch: int):
   return indexed_step
 
 
+# data.on_device may take at most this share of a device's memory: the rest is
+# for parameters, bank, optimizer state and activations.
+RESIDENT_SHARE = 0.5
+
+
+def resident_rows(layout: data_lib.Layout) -> int:
+  """Rows of the split `resident_split` puts on each device: the largest process's share."""
+  return max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
+
+
+def resident_bytes(train: data_lib.Split) -> int:
+  """Bytes of training images `resident_split` puts on each device."""
+  return resident_rows(train.layout) * train.images[:1].nbytes
+
+
+def check_resident_fits(train: data_lib.Split) -> None:
+  """Refuses data.on_device before anything is compiled if the split would crowd out the run."""
+  limit, need = devices.memory_limit_bytes(), resident_bytes(train)
+  if limit is not None and need > RESIDENT_SHARE * limit:
+    raise ConfigError(
+        f"config.data.on_device=True would keep {need / 2**20:,.1f} MiB of training images on "
+        f"each device, more than {RESIDENT_SHARE:.0%} of its {limit / 2**20:,.1f} MiB; leave it "
+        f"False (the streaming pipeline) or lower config.data.image_size.")
+
+
 def resident_split(train: data_lib.Split) -> jax.Array:
   """This process's training rows on each of its devices: uint8 [D, n, H, W, 3].
 
@@ -140,9 +165,7 @@ def resident_split(train: data_lib.Split) -> jax.Array:
   a pmapped input has one shape on every device of every process, so each
   pads to the largest share; the padding is never indexed.
   """
-  layout = train.layout
-  n = max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
-  images = np.zeros((n, *train.images.shape[1:]), train.images.dtype)
+  images = np.zeros((resident_rows(train.layout), *train.images.shape[1:]), train.images.dtype)
   images[:len(train)] = train.images
   return devices.place(np.broadcast_to(images, (jax.local_device_count(), *images.shape)))
 
@@ -517,11 +540,7 @@ def make_host_augment(aug_cfg: augment.AugmentConfig, rng: np.ndarray):
 
 def peak_memory_bytes() -> Optional[int]:
   """Peak bytes in use on the first local device, or None where the backend does not say."""
-  try:
-    stats = jax.local_devices()[0].memory_stats()
-  except Exception:  # CPU backends raise or return None
-    return None
-  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+  return devices.memory_stat("peak_bytes_in_use")
 
 
 def _variables(state: TrainState) -> dict:
@@ -676,6 +695,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"({train.num_examples} images after config.data.fraction="
                       f"{config.data.fraction}, in {shards} shard(s)).")
   check_resumable(workdir, config, train.num_examples)
+  if config.data.get("on_device", False):
+    check_resident_fits(train)
   total_steps = steps_per_epoch * config.num_epochs
   log(f"{train.num_examples} training images ({num_classes} classes), "
       f"{test.num_examples} test images; batch {global_batch}, {steps_per_epoch} steps/epoch, "
@@ -868,6 +889,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "skipped_files": skipped,
       "processes": jax.process_count(),
       "replicas_identical": replicas_identical,
+      # Every step once, over all processes of a resumed run (epoch records
+      # carry an interrupted epoch's seconds), compilation included.
+      "train_seconds": sum(r["epoch_seconds"] for r in history),
       "wall_seconds": time.time() - t_start,
       "history": history,
   }

@@ -44,7 +44,7 @@ def test_quickstart_learns_resumes_and_evaluates(tmp_path):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   for key in ("knn_top1_init", "knn_top1", "knn_top1_embedding", "linear_top1",
               "seconds_per_epoch", "images_per_second", "peak_memory_bytes", "epochs", "method",
-              "dataset", "num_train_examples", "devices", "wall_seconds"):
+              "dataset", "num_train_examples", "devices", "train_seconds", "wall_seconds"):
     assert key in summary, key
   assert summary["num_train_examples"] == 2500 and summary["devices"] == 2
   assert summary["knn_top1_init"] == first["knn_top1_init"]

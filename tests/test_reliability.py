@@ -103,7 +103,8 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   _assert_same_run(reference_run, tmp_path)
   # The interrupted epoch is timed over both processes: its record counts all
   # 7 steps and the seconds before the kill, so training time is not lost.
-  history = json.load(open(tmp_path / "summary.json"))["history"]
+  summary = json.load(open(tmp_path / "summary.json"))
+  history = summary["history"]
   assert [r["epoch_steps"] for r in history] == [7, 7, 7]
   assert [r["includes_compile"] for r in history] == [
       True] + [r["epoch"] == resumed_at // 7 + 1 for r in history[1:]]
@@ -111,6 +112,7 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   assert carried["steps"] == resumed_at % 7
   resumed_epoch = history[resumed_at // 7]
   assert resumed_epoch["epoch_seconds"] > carried["seconds"] > 0
+  assert summary["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history))
 
 
 @needs_cifar10

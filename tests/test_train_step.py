@@ -98,23 +98,6 @@ def test_step_options_run_and_move_the_state(overrides):
   np.testing.assert_allclose(np.linalg.norm(s.bank[0], axis=1), 1.0, rtol=1e-5)
 
 
-@needs_cifar10
-def test_device_resident_data_gives_the_streaming_run(tmp_path):
-  """data.on_device: the same batches, gathered on the device, give the same run."""
-  import orbax.checkpoint as ocp
-  finals = {}
-  for on_device in (False, True):
-    config = tiny_config(**{"data.on_device": on_device, "num_epochs": 2})
-    summary = train.train_and_evaluate(config, str(tmp_path / str(on_device)))
-    step = summary["history"][-1]["step"]
-    finals[on_device] = ocp.StandardCheckpointer().restore(
-        tmp_path / str(on_device) / "checkpoints" / str(step) / "default")
-  assert int(finals[True]["step"]) == 2 * (500 // 64)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(finals[True]),
-                          jax.tree_util.tree_leaves(finals[False])):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
-
-
 def test_resident_rows_gather_each_process_its_own_instances():
   """data.on_device with several processes: unequal shares pad to one shape, and
   every step gathers, on each device, exactly the instances of its index table."""
@@ -142,3 +125,15 @@ def test_resident_rows_gather_each_process_its_own_instances():
       np.testing.assert_array_equal(got, table[:, t])
       np.testing.assert_array_equal(out["index"], table[:, t])
     assert np.all((table >= ids[0]) & (table <= ids[-1]))
+
+
+@needs_cifar10
+def test_device_resident_data_too_large_for_the_device_is_refused(tmp_path, monkeypatch):
+  # 500 images of 32 x 32 x 3 bytes (1.5 MB) against a device said to have 2 MB.
+  monkeypatch.setattr(devices_lib, "memory_limit_bytes", lambda: 2_000_000)
+  with pytest.raises(train.ConfigError,
+                     match=r"would keep 1\.5 MiB .* than 50% of its 1\.9 MiB"):
+    train.train_and_evaluate(tiny_config(**{"data.on_device": True}), str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()  # refused before anything was built
+  monkeypatch.setattr(devices_lib, "memory_limit_bytes", lambda: 4_000_000)
+  train.check_resident_fits(train.load_data(tiny_config(), lambda *a: None)[0])
