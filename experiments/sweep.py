@@ -429,6 +429,11 @@ def fewer_seeds(groups: dict[str, dict[str, dict]], seeds: Sequence[int], noun: 
   return [f"Fewer seeds finished in some {noun}: {'; '.join(notes)}.", ""] if notes else []
 
 
+def fewer_seeds_in_rows(rows: dict[str, dict], seeds: Sequence[int]) -> list[str]:
+  """`fewer_seeds` for a table whose rows are the variants (ablation, recipe)."""
+  return fewer_seeds({name: {name: row} for name, row in rows.items()}, seeds, "rows")
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

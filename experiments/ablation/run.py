@@ -73,7 +73,7 @@ def markdown(rows: dict, effects: dict, meta: dict) -> str:
          f"s/epoch is as measured, on a machine that may have run other work alongside: "
          f"step costs are measured by `benchmarks/`, and the claims tested here are about "
          f"epochs.", "",
-         *sweep.fewer_seeds({n: {n: r} for n, r in rows.items()}, meta["seeds"], "rows"),
+         *sweep.fewer_seeds_in_rows(rows, meta["seeds"]),
          sweep.variants_table(rows), ""]
   if effects:
     labels = list(effects)

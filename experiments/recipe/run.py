@@ -69,7 +69,7 @@ def markdown(rows: dict, at_time: tuple, meta: dict, pairs_md: str) -> str:
       f"{meta['seeds']}. Top-1 in %, mean ± half the range over seeds. Equal wall-clock: kNN "
       f"after {at_time[0]:.0f} training seconds (the shortest run's), interpolated between "
       f"evaluations.", "",
-      *sweep.fewer_seeds({n: {n: r} for n, r in rows.items()}, meta["seeds"], "rows"),
+      *sweep.fewer_seeds_in_rows(rows, meta["seeds"]),
       sweep.variants_table(rows, at_time), "",
       "Ranked by final kNN (equal epochs), with the change from `default` and the rank at "
       "equal wall-clock:", "",
