@@ -72,53 +72,40 @@ def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
 
-def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
-  """Copies every leaf onto each local device: leaf [...] -> [D, ...].
+def place(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Puts this process's per-device slices [D_local, ...] on its devices, once.
 
-  With several processes, the copies stay host arrays that pmap places
-  itself (its inputs are each process's local slice of the global devices).
+  Returns arrays with the sharding of the pmapped step's inputs and outputs
+  (slice i on local device i, also with several processes, where pmap's
+  outputs hold only each process's own devices), so that passing them to
+  every step moves no data; a host array given to pmap would be sent again
+  at every call.
   """
-  devices = list(devices or jax.local_devices())
-  if jax.process_count() > 1:
-    return jax.tree_util.tree_map(
-        lambda x: np.broadcast_to(np.asarray(jax.device_get(x)), (len(devices), *np.shape(x))),
-        tree)
-  sharding = _sharding(devices)
+  sharding = _sharding(list(devices or jax.local_devices()))
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda index: np.asarray(x[index])), tree)
 
-  def put(x):
-    x = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback((len(devices), *x.shape), sharding,
-                                        lambda _: x[None])
-  return jax.tree_util.tree_map(put, tree)
+
+def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Copies every leaf onto each local device: leaf [...] -> [D, ...]."""
+  d = len(devices or jax.local_devices())
+  return place(jax.tree_util.tree_map(
+      lambda x: np.broadcast_to(np.asarray(jax.device_get(x)), (d, *np.shape(x))), tree),
+      devices)
 
 
 def distribute(x: np.ndarray, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   """Gives global device i (of the pmapped axis) the slice x[i]: [D_global, ...].
 
   The counterpart of `replicate` for state that differs per device (a sharded
-  bank). With several processes, this process's slices stay host arrays.
+  bank). Each process places only its own devices' slices.
   """
   x = np.asarray(jax.device_get(x))
   if jax.process_count() > 1:
     per = jax.local_device_count()
-    return x[jax.process_index() * per:(jax.process_index() + 1) * per]
-  devices = list(devices or jax.local_devices())
-  return jax.make_array_from_callback(x.shape, _sharding(devices), lambda index: x[index])
-
-
-def place(tree: Any) -> Any:
-  """Puts this process's per-device slices [D_local, ...] on its devices, once.
-
-  Returns arrays with the sharding of the pmapped step's inputs and outputs
-  (slice i on local device i), so that passing them to every step moves no
-  data. Unlike `replicate` and `distribute`, this places the data with
-  several processes too, where a host array given to pmap would be sent
-  again at every call.
-  """
-  sharding = _sharding(jax.local_devices())
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda index: np.asarray(x[index])), tree)
+    x = x[jax.process_index() * per:(jax.process_index() + 1) * per]
+  return place(x, devices)
 
 
 def all_rows(x: jax.Array) -> np.ndarray:

@@ -167,7 +167,7 @@ def resident_split(train: data_lib.Split) -> jax.Array:
   """
   images = np.zeros((resident_rows(train.layout), *train.images.shape[1:]), train.images.dtype)
   images[:len(train)] = train.images
-  return devices.place(np.broadcast_to(images, (jax.local_device_count(), *images.shape)))
+  return devices.replicate(images)
 
 
 def _cotangent_step(state: TrainState, images: jax.Array, idx: jax.Array, objective, *,
