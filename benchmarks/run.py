@@ -87,7 +87,7 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   import numpy as np
   from configs import default
   from ssl_jax import augment as augment_lib
-  from ssl_jax import devices, optim, train
+  from ssl_jax import devices, optim, run_config, train
 
   config = default.set_method(copy.deepcopy(base), method)
   config.model.name, config.model.width = model_name, float(width)
@@ -113,7 +113,7 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
     flat_img, flat_idx = images.reshape(-1, 32, 32, 3), index.reshape(-1)
     views = [np.asarray(aug(jax.random.PRNGKey(v), flat_img, flat_idx, aug_cfg))
              for v in (0, 1)]
-    if method in train.BANK_METHODS:
+    if method in run_config.BANK_METHODS:
       inputs = {"image": views[0].reshape(nd, b, *views[0].shape[1:]), "index": index}
     else:
       inputs = {"views": np.stack(views, 1).reshape(nd, 2, b, *views[0].shape[1:]),

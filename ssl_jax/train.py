@@ -39,15 +39,13 @@ from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import preemption
 from ssl_jax import reporting
+from ssl_jax import run_files
 from ssl_jax import sharded_bank
 from ssl_jax.methods import bank_method
 from ssl_jax.methods import byol
 from ssl_jax.methods import simclr
+from ssl_jax.run_config import BANK_METHODS, ConfigError, num_shards, validate_config
 from ssl_jax.state import TrainState, create_train_state
-
-BANK_METHODS = ("ours", "npid")    # one view against the memory bank (METHOD.md)
-TWO_VIEW_METHODS = ("simclr", "byol")
-METHODS = BANK_METHODS + TWO_VIEW_METHODS
 
 
 # ----------------------------------------------------------------------------
@@ -290,70 +288,6 @@ def reduce_metrics(sums: dict) -> dict:
 # Building a run from a config.
 # ----------------------------------------------------------------------------
 
-class ConfigError(ValueError):
-  """A config field has a value the run cannot use; names the field."""
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks every field the run relies on, before any data is read or code compiled."""
-  def allowed(field, value, options):
-    if value not in options:
-      raise ConfigError(f"config.{field} must be one of {list(options)}, got {value!r}.")
-  allowed("method", config.method, METHODS)
-  allowed("bank.init", config.bank.init, bank_method.BANK_INITS)
-  allowed("bank.update_rule", config.bank.update_rule, bank_method.BANK_UPDATES)
-  allowed("bank.calibrate_bn", config.bank.calibrate_bn, bank_method.CALIBRATE_BN)
-  allowed("loss.kl_direction", config.loss.kl_direction, ("q_p", "p_q"))
-  allowed("optim.name", config.optim.name, optim.OPTIMIZERS)
-  allowed("model.name", config.model.name, sorted(models.STAGES))
-  allowed("model.stem", config.model.stem, models.STEMS)
-  allowed("model.dtype", config.model.dtype, ("float32", "bfloat16"))
-  allowed("model.head", config.model.head, models.HEADS)
-  if not config.simclr.temperature > 0:
-    raise ConfigError(f"config.simclr.temperature must be > 0, got {config.simclr.temperature}.")
-  if not 0.0 <= config.byol.target_decay <= 1.0:
-    raise ConfigError(f"config.byol.target_decay must be in [0, 1], got {config.byol.target_decay}.")
-  data_lib.parse_source(config.data.source)
-  if not config.loss.temperature > 0:
-    raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
-  if not 0.0 <= config.bank.momentum <= 1.0:
-    raise ConfigError(f"config.bank.momentum must be in [0, 1], got {config.bank.momentum}.")
-  if config.bank.lr < 0:
-    raise ConfigError(f"config.bank.lr must be >= 0, got {config.bank.lr}.")
-  if config.loss.kl_weight < 0:
-    raise ConfigError(f"config.loss.kl_weight must be >= 0, got {config.loss.kl_weight}.")
-  shards = num_shards(config)
-  requested = config.data.get("shards", 0)
-  if requested < 0 or shards % jax.process_count():
-    raise ConfigError(f"config.data.shards ({requested}) must be 0 (one shard per process) "
-                      f"or a multiple of the process count ({jax.process_count()}).")
-  if config.batch_size % shards:
-    raise ConfigError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
-                      f"number of data shards ({shards}).")
-  for field in ("fraction", "test_fraction"):
-    v = config.data[field]
-    if not 0.0 < v <= 1.0:
-      raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
-  if config.method in BANK_METHODS:
-    method_cfg = bank_method.BankMethodConfig.from_config(config)
-    for option in ("bank.sharded", "bank.fused"):
-      if config.bank.get(option.split(".")[1], False):
-        try:
-          bank_method.check_closed_form(method_cfg, option)
-        except ValueError as e:
-          raise ConfigError(str(e)) from None
-  if config.data.get("on_device", False):
-    if not config.augment.on_device:
-      raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")
-  if config.num_epochs < 1:
-    raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
-  total_devices = num_devices * jax.process_count()
-  if config.batch_size < 1 or config.batch_size % total_devices:
-    raise ConfigError(
-        f"config.batch_size ({config.batch_size}) must be a positive multiple of the "
-        f"device count ({total_devices}).")
-
-
 def augment_config(config) -> augment.AugmentConfig:
   a = config.augment
   return augment.AugmentConfig(
@@ -387,11 +321,6 @@ def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0):
                            method=config.method, temperature=float(config.simclr.temperature),
                            total_steps=total_steps,
                            target_decay=float(config.byol.target_decay))
-
-
-def num_shards(config) -> int:
-  """Data shards: config.data.shards, or one per process when it is 0."""
-  return int(config.data.get("shards", 0)) or jax.process_count()
 
 
 def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
@@ -551,119 +480,6 @@ def _variables(state: TrainState) -> dict:
 # The shell: the epoch loop with checkpoints, logging and evaluation.
 # ----------------------------------------------------------------------------
 
-# Fields that fix the shape or meaning of a checkpoint: a workdir's run can
-# only be resumed by a config that agrees on all of them.
-RESUME_FIELDS = ("method", "seed", "batch_size", "data.source", "data.train_split",
-                 "data.fraction", "data.subset_seed", "data.image_size", "model.name",
-                 "model.stem", "model.width", "model.embed_dim")
-# Also the number of data shards (it fixes the data order), but as resolved:
-# a 2-process run with shards=0 resumes in 1 process with shards=2.
-
-
-def _get(config, dotted: str):
-  for part in dotted.split("."):
-    config = config[part]
-  return config
-
-
-def check_resumable(workdir: str, config, num_train_examples: int) -> None:
-  """Raises ConfigError if the run in `workdir` came from an incompatible config."""
-  path = os.path.join(workdir, "run_info.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    info = json.load(f)
-  saved = info.get("config", {})
-  for field in RESUME_FIELDS:
-    here = _get(config, field)
-    there = saved.get(field)
-    if isinstance(here, tuple):
-      here = list(here)
-    if field in saved and there != here:
-      raise ConfigError(
-          f"{workdir} holds a run with config.{field}={there!r}, not {here!r}: resuming it "
-          f"with this config is impossible. Use another --workdir or the run's config.")
-  shards = num_shards(config)
-  if info.get("data_shards", 1) != shards:
-    raise ConfigError(
-        f"{workdir} holds a run with {info.get('data_shards', 1)} data shard(s) (one per "
-        f"process unless config.data.shards says otherwise), but this run has {shards}: the "
-        f"data order would change. Rerun with --config.data.shards={info.get('data_shards', 1)}.")
-  if info.get("num_train_examples") != num_train_examples:
-    raise ConfigError(
-        f"{workdir} holds a run over {info.get('num_train_examples')} training images, but "
-        f"the dataset now has {num_train_examples}: the bank does not fit. Use another "
-        f"--workdir.")
-
-
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
-def _truncate_metrics(workdir: str, step: int) -> list[dict]:
-  """Drops metrics.jsonl records after `step` (work redone after a resume); returns the rest."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by a crash
-        continue
-      if record.get("step", 0) <= step:
-        records.append(record)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  os.replace(tmp, path)
-  return records
-
-
-EPOCH_TIMING = "epoch_timing.json"
-
-
-def _carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[float, int]:
-  """(seconds, steps) the epoch of `step` had trained before the checkpoint at `step`.
-
-  A run stopped mid-epoch and resumed would otherwise time only the steps
-  after the resume: its epoch record, and so the sweeps' training seconds,
-  would leave out the work before the stop. (0, 0) at an epoch boundary
-  (entries are only written mid-epoch) and when the entry for `step` is
-  missing (a run from before this file existed) or does not cover every step
-  of its epoch (an earlier resume whose own carry was missing).
-  """
-  path = os.path.join(workdir, EPOCH_TIMING)
-  if not os.path.exists(path):
-    return 0.0, 0
-  with open(path) as f:
-    entry = json.load(f).get(str(step))
-  if not entry or entry["steps"] != step % steps_per_epoch:
-    return 0.0, 0
-  return float(entry["seconds"]), int(entry["steps"])
-
-
-def _record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> None:
-  """Adds the epoch's (seconds, steps) so far at checkpoint `step` to epoch_timing.json.
-
-  Written before the checkpoint's save starts, so that no committed mid-epoch
-  checkpoint lacks its entry. The last few entries are kept, not just this
-  one: a save that never completes leaves the run to resume from the one
-  before (orbax has at most one save in flight).
-  """
-  path = os.path.join(workdir, EPOCH_TIMING)
-  entries = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      entries = json.load(f)
-  entries[str(step)] = {"seconds": seconds, "steps": steps}
-  _write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` if it holds a checkpoint.
 
@@ -694,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ConfigError(f"config.batch_size ({global_batch}) is larger than the training set "
                       f"({train.num_examples} images after config.data.fraction="
                       f"{config.data.fraction}, in {shards} shard(s)).")
-  check_resumable(workdir, config, train.num_examples)
+  run_files.check_resumable(workdir, config, train.num_examples)
   if config.data.get("on_device", False):
     check_resident_fits(train)
   total_steps = steps_per_epoch * config.num_epochs
@@ -723,9 +539,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log(f"untrained network: kNN top-1 {init_eval['knn_top1']:.4f} "
         f"(embedding {init_eval['knn_top1_embedding']:.4f})")
     if is_main:
-      _write_json_atomic(init_eval_path, init_eval)
+      run_files.write_json_atomic(init_eval_path, init_eval)
       # Resets the log of an earlier attempt that died before its first checkpoint.
-      _truncate_metrics(workdir, 0)
+      run_files.truncate_metrics(workdir, 0)
     history = []
     carried = (0.0, 0)
   else:
@@ -733,16 +549,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"(epoch {int(state.step) // steps_per_epoch})")
     with open(init_eval_path) as f:
       init_eval = json.load(f)
-    history = [r for r in _truncate_metrics(workdir, int(state.step)) if "epoch_seconds" in r]
-    carried = _carried_epoch_time(workdir, int(state.step), steps_per_epoch)
+    history = [r for r in run_files.truncate_metrics(workdir, int(state.step)) if "epoch_seconds" in r]
+    carried = run_files.carried_epoch_time(workdir, int(state.step), steps_per_epoch)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    _write_json_atomic(os.path.join(workdir, "run_info.json"), {
-        "num_train_examples": train.num_examples, "embed_dim": int(config.model.embed_dim),
-        "data_shards": shards,
-        "config": {f: list(v) if isinstance(v := _get(config, f), tuple) else v
-                   for f in RESUME_FIELDS}})
+    run_files.write_config(workdir, config)
+    run_files.write_run_info(workdir, config, train.num_examples)
 
   step_fn = make_train_step(config, model, tx, total_steps, train.num_examples)
   resident = None
@@ -779,7 +590,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     saved = host_state(config, state, train.num_examples)
     if step % steps_per_epoch and is_main:
       # host_state waited for the step, so this is the epoch's time so far.
-      _record_epoch_time(workdir, step, carried[0] + time.perf_counter() - t_epoch,
+      run_files.record_epoch_time(workdir, step, carried[0] + time.perf_counter() - t_epoch,
                          carried[1] + step - epoch * steps_per_epoch - start)
     checkpoint.save(manager, saved)
 
@@ -896,24 +707,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
   }
   if is_main:
-    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    run_files.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
         f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
         f"({summary['wall_seconds']:.0f} s, summary in {workdir}/summary.json)")
   return summary
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_checkpoint(workdir: str) -> dict:
   """kNN and linear top-1 of the latest checkpoint in `workdir`."""
-  config = load_run_config(workdir)
+  config = run_files.load_run_config(workdir)
   train, test, _ = load_data(config)
   num_classes = count_classes(train, test)
   model = build_model(config)

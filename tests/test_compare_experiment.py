@@ -6,7 +6,7 @@ import pytest
 from configs import default
 from experiments.compare import config as compare_config
 from experiments.compare import run as compare_run
-from ssl_jax import train
+from ssl_jax import run_config
 
 
 def _summary(ips, knn):
@@ -23,7 +23,7 @@ def test_presets_are_valid_for_every_method():
     config = compare_config.get_config(preset)
     for method in config.methods:
       c = default.set_method(config.base.copy_and_resolve_references(), method)
-      train.validate_config(c, num_devices=1)
+      run_config.validate_config(c, num_devices=1)
   with pytest.raises(ValueError, match="preset must be"):
     compare_config.get_config("tpu")
 

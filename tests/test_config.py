@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import cifar10, quickstart
-from ssl_jax import train
+from ssl_jax import run_config
 from tests.helpers import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_validate_config_names_the_field(field, value, message):
   node[leaf] = value
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
                      .replace("[", r"\[").replace("]", r"\]")):
-    train.validate_config(config, num_devices=4)
+    run_config.validate_config(config, num_devices=4)
 
 
 def test_shipped_configs_are_valid():
@@ -45,7 +45,7 @@ def test_shipped_configs_are_valid():
     for method in ("ours", "npid", "simclr", "byol"):
       config = module.get_config(method)
       assert config.method == method
-      train.validate_config(config, num_devices=1)
+      run_config.validate_config(config, num_devices=1)
 
 
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
 from ssl_jax import losses
+from ssl_jax import run_config
 from ssl_jax import train
 from ssl_jax.methods import bank_method
 from tests import reference as ref
@@ -106,10 +107,10 @@ def test_fused_refuses_sqrt_kl_variants_without_a_closed_form():
     with pytest.raises(ValueError, match="bank.fused"):
       bank_method.fused_loss_and_transition(z, bank, idx, dataclasses.replace(cfg, **bad), None)
   config = tiny_config(**{"bank.fused": True, "loss.kl_stop_gradient": False})
-  with pytest.raises(train.ConfigError, match=r"config\.bank\.fused=True"):
-    train.validate_config(config, 1)
+  with pytest.raises(run_config.ConfigError, match=r"config\.bank\.fused=True"):
+    run_config.validate_config(config, 1)
   # Not a bank method: the flag has nothing to fuse and is not an error.
-  train.validate_config(tiny_config("simclr", **{"bank.fused": True,
+  run_config.validate_config(tiny_config("simclr", **{"bank.fused": True,
                                                  "loss.kl_direction": "p_q"}), 1)
 
 

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax import checkpoint
+from ssl_jax import run_files
 from ssl_jax import train
 from tests.helpers import CIFAR10, needs_cifar10, setup_training, tiny_config
 
@@ -96,7 +97,7 @@ def reference_run(tmp_path_factory):
 def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
   assert code == -signal.SIGKILL
-  before_kill = json.loads((tmp_path / train.EPOCH_TIMING).read_text())
+  before_kill = json.loads((tmp_path / run_files.EPOCH_TIMING).read_text())
   out = _run(tmp_path)
   resumed_at = int(out.split("resuming from checkpoint at step ")[1].split()[0])
   assert 10 <= resumed_at < TOTAL_STEPS and resumed_at % 7  # mid-epoch

@@ -9,6 +9,7 @@ import pytest
 
 from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
+from ssl_jax import run_config
 from ssl_jax import sharded_bank
 from ssl_jax import train
 from ssl_jax.methods import bank_method
@@ -125,8 +126,8 @@ def test_sharded_train_step_equals_replicated_step(update_rule):
 
 def test_sharded_bank_with_an_unsupported_objective_is_a_config_error():
   config = tiny_config(**{"bank.sharded": True, "loss.kl_direction": "p_q"})
-  with pytest.raises(train.ConfigError, match="bank.sharded"):
-    train.validate_config(config, D)
+  with pytest.raises(run_config.ConfigError, match="bank.sharded"):
+    run_config.validate_config(config, D)
 
 
 @needs_cifar10

@@ -15,7 +15,7 @@ from experiments.model_efficiency import config as model_config
 from experiments.model_efficiency import run as model_run
 from experiments.recipe import config as recipe_config
 from experiments.recipe import run as recipe_run
-from ssl_jax import train
+from ssl_jax import run_config
 from tests.helpers import needs_cifar10, tiny_config
 
 
@@ -150,7 +150,7 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
     for config in (ablation, data, model, recipe):
       variants = sweep.parse_variants(config.variants, config.base)
       for v in variants:
-        train.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
+        run_config.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
     assert len(ablation.variants) == 14 and len(data.variants) == 4 * len(data.fractions)
     # The recipe's head variant is the other head from its base's.
     heads = {v.name: sweep.variant_config(recipe.base, v, 0).model.head
@@ -178,7 +178,7 @@ def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
   assert {0, 1} < set(follow_up.seeds) and follow_up.results_dir == f"experiments/recipe/{preset}"
   for name, v in followed.items():
     run = sweep.variant_config(follow_up.base, v, 1)
-    train.validate_config(run, num_devices=1)
+    run_config.validate_config(run, num_devices=1)
     if name in searched:
       # A run the cpu preset finished (its config.json) is the follow-up's run.
       saved = json.loads(sweep.variant_config(search.base, searched[name], 1).to_json_best_effort())
@@ -417,7 +417,7 @@ def test_the_wide_model_preset_reuses_the_cpu_runs():
       f"{m}-resnet18-w0.5" for m in model_config.METHODS}
   assert wide.results_dir == "experiments/model_efficiency/cpu_wide"
   for name, run in runs["cpu_wide"].items():
-    train.validate_config(run, num_devices=1)
+    run_config.validate_config(run, num_devices=1)
     if name in runs["cpu"]:
       # A run the cpu preset finished (its config.json) is the wide preset's run.
       saved = json.loads(runs["cpu"][name].to_json_best_effort())

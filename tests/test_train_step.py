@@ -8,6 +8,7 @@ import pytest
 
 from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
+from ssl_jax import run_config
 from ssl_jax import train
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
@@ -131,7 +132,7 @@ def test_resident_rows_gather_each_process_its_own_instances():
 def test_device_resident_data_too_large_for_the_device_is_refused(tmp_path, monkeypatch):
   # 500 images of 32 x 32 x 3 bytes (1.5 MB) against a device said to have 2 MB.
   monkeypatch.setattr(devices_lib, "memory_limit_bytes", lambda: 2_000_000)
-  with pytest.raises(train.ConfigError,
+  with pytest.raises(run_config.ConfigError,
                      match=r"would keep 1\.5 MiB .* than 50% of its 1\.9 MiB"):
     train.train_and_evaluate(tiny_config(**{"data.on_device": True}), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()  # refused before anything was built

@@ -1,0 +1,88 @@
+"""What a run's config may say: the methods, and the checks made before anything runs.
+
+`validate_config` is called before any data is read or code compiled, so a bad
+field stops the run with one line naming it (and its allowed values).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from ssl_jax import data as data_lib
+from ssl_jax import models
+from ssl_jax import optim
+from ssl_jax.methods import bank_method
+
+BANK_METHODS = ("ours", "npid")    # one view against the memory bank (METHOD.md)
+TWO_VIEW_METHODS = ("simclr", "byol")
+METHODS = BANK_METHODS + TWO_VIEW_METHODS
+
+
+class ConfigError(ValueError):
+  """A config field has a value the run cannot use; names the field."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks every field the run relies on, before any data is read or code compiled."""
+  def allowed(field, value, options):
+    if value not in options:
+      raise ConfigError(f"config.{field} must be one of {list(options)}, got {value!r}.")
+  allowed("method", config.method, METHODS)
+  allowed("bank.init", config.bank.init, bank_method.BANK_INITS)
+  allowed("bank.update_rule", config.bank.update_rule, bank_method.BANK_UPDATES)
+  allowed("bank.calibrate_bn", config.bank.calibrate_bn, bank_method.CALIBRATE_BN)
+  allowed("loss.kl_direction", config.loss.kl_direction, ("q_p", "p_q"))
+  allowed("optim.name", config.optim.name, optim.OPTIMIZERS)
+  allowed("model.name", config.model.name, sorted(models.STAGES))
+  allowed("model.stem", config.model.stem, models.STEMS)
+  allowed("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  allowed("model.head", config.model.head, models.HEADS)
+  if not config.simclr.temperature > 0:
+    raise ConfigError(f"config.simclr.temperature must be > 0, got {config.simclr.temperature}.")
+  if not 0.0 <= config.byol.target_decay <= 1.0:
+    raise ConfigError(f"config.byol.target_decay must be in [0, 1], got {config.byol.target_decay}.")
+  data_lib.parse_source(config.data.source)
+  if not config.loss.temperature > 0:
+    raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
+  if not 0.0 <= config.bank.momentum <= 1.0:
+    raise ConfigError(f"config.bank.momentum must be in [0, 1], got {config.bank.momentum}.")
+  if config.bank.lr < 0:
+    raise ConfigError(f"config.bank.lr must be >= 0, got {config.bank.lr}.")
+  if config.loss.kl_weight < 0:
+    raise ConfigError(f"config.loss.kl_weight must be >= 0, got {config.loss.kl_weight}.")
+  shards = num_shards(config)
+  requested = config.data.get("shards", 0)
+  if requested < 0 or shards % jax.process_count():
+    raise ConfigError(f"config.data.shards ({requested}) must be 0 (one shard per process) "
+                      f"or a multiple of the process count ({jax.process_count()}).")
+  if config.batch_size % shards:
+    raise ConfigError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
+                      f"number of data shards ({shards}).")
+  for field in ("fraction", "test_fraction"):
+    v = config.data[field]
+    if not 0.0 < v <= 1.0:
+      raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
+  if config.method in BANK_METHODS:
+    method_cfg = bank_method.BankMethodConfig.from_config(config)
+    for option in ("bank.sharded", "bank.fused"):
+      if config.bank.get(option.split(".")[1], False):
+        try:
+          bank_method.check_closed_form(method_cfg, option)
+        except ValueError as e:
+          raise ConfigError(str(e)) from None
+  if config.data.get("on_device", False):
+    if not config.augment.on_device:
+      raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")
+  if config.num_epochs < 1:
+    raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
+  total_devices = num_devices * jax.process_count()
+  if config.batch_size < 1 or config.batch_size % total_devices:
+    raise ConfigError(
+        f"config.batch_size ({config.batch_size}) must be a positive multiple of the "
+        f"device count ({total_devices}).")
+
+
+def num_shards(config) -> int:
+  """Data shards: config.data.shards, or one per process when it is 0."""
+  return int(config.data.get("shards", 0)) or jax.process_count()

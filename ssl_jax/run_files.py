@@ -1,0 +1,159 @@
+"""The files a run keeps in its workdir beside the checkpoints.
+
+  run_info.json     the config fields that fix a checkpoint's meaning (resume check)
+  config.json       the whole config (`ssl_jax.evaluate` rebuilds the run from it)
+  metrics.jsonl     one record per logged step and per epoch (cut back on resume)
+  epoch_timing.json the seconds an epoch had run at each mid-epoch checkpoint
+  init_eval.json, summary.json   written whole, atomically
+
+Files written whole go to a temporary file that is then renamed, so a crash
+never leaves half of one; metrics.jsonl is appended line by line
+(`reporting.MetricWriter`), and a line cut by a crash is dropped on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from ssl_jax.run_config import ConfigError, num_shards
+
+# Fields that fix the shape or meaning of a checkpoint: a workdir's run can
+# only be resumed by a config that agrees on all of them.
+RESUME_FIELDS = ("method", "seed", "batch_size", "data.source", "data.train_split",
+                 "data.fraction", "data.subset_seed", "data.image_size", "model.name",
+                 "model.stem", "model.width", "model.embed_dim")
+# Also the number of data shards (it fixes the data order), but as resolved:
+# a 2-process run with shards=0 resumes in 1 process with shards=2.
+
+
+def _field(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def check_resumable(workdir: str, config, num_train_examples: int) -> None:
+  """Raises ConfigError if the run in `workdir` came from an incompatible config."""
+  path = os.path.join(workdir, "run_info.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    info = json.load(f)
+  saved = info.get("config", {})
+  for field in RESUME_FIELDS:
+    here = _field(config, field)
+    there = saved.get(field)
+    if isinstance(here, tuple):
+      here = list(here)
+    if field in saved and there != here:
+      raise ConfigError(
+          f"{workdir} holds a run with config.{field}={there!r}, not {here!r}: resuming it "
+          f"with this config is impossible. Use another --workdir or the run's config.")
+  shards = num_shards(config)
+  if info.get("data_shards", 1) != shards:
+    raise ConfigError(
+        f"{workdir} holds a run with {info.get('data_shards', 1)} data shard(s) (one per "
+        f"process unless config.data.shards says otherwise), but this run has {shards}: the "
+        f"data order would change. Rerun with --config.data.shards={info.get('data_shards', 1)}.")
+  if info.get("num_train_examples") != num_train_examples:
+    raise ConfigError(
+        f"{workdir} holds a run over {info.get('num_train_examples')} training images, but "
+        f"the dataset now has {num_train_examples}: the bank does not fit. Use another "
+        f"--workdir.")
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def truncate_metrics(workdir: str, step: int) -> list[dict]:
+  """Drops metrics.jsonl records after `step` (work redone after a resume); returns the rest."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a crash
+        continue
+      if record.get("step", 0) <= step:
+        records.append(record)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(tmp, path)
+  return records
+
+
+EPOCH_TIMING = "epoch_timing.json"
+
+
+def carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[float, int]:
+  """(seconds, steps) the epoch of `step` had trained before the checkpoint at `step`.
+
+  A run stopped mid-epoch and resumed would otherwise time only the steps
+  after the resume: its epoch record, and so the sweeps' training seconds,
+  would leave out the work before the stop. (0, 0) at an epoch boundary
+  (entries are only written mid-epoch) and when the entry for `step` is
+  missing (a run from before this file existed) or does not cover every step
+  of its epoch (an earlier resume whose own carry was missing).
+  """
+  path = os.path.join(workdir, EPOCH_TIMING)
+  if not os.path.exists(path):
+    return 0.0, 0
+  with open(path) as f:
+    entry = json.load(f).get(str(step))
+  if not entry or entry["steps"] != step % steps_per_epoch:
+    return 0.0, 0
+  return float(entry["seconds"]), int(entry["steps"])
+
+
+def record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> None:
+  """Adds the epoch's (seconds, steps) so far at checkpoint `step` to epoch_timing.json.
+
+  Written before the checkpoint's save starts, so that no committed mid-epoch
+  checkpoint lacks its entry. The last few entries are kept, not just this
+  one: a save that never completes leaves the run to resume from the one
+  before (orbax has at most one save in flight).
+  """
+  path = os.path.join(workdir, EPOCH_TIMING)
+  entries = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      entries = json.load(f)
+  entries[str(step)] = {"seconds": seconds, "steps": steps}
+  write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
+
+
+def write_run_info(workdir: str, config, num_train_examples: int) -> None:
+  """run_info.json: what `check_resumable` compares a later run's config against."""
+  write_json_atomic(os.path.join(workdir, "run_info.json"), {
+      "num_train_examples": num_train_examples, "embed_dim": int(config.model.embed_dim),
+      "data_shards": num_shards(config),
+      "config": {f: list(v) if isinstance(v := _field(config, f), tuple) else v
+                 for f in RESUME_FIELDS}})
+
+
+def write_config(workdir: str, config) -> None:
+  """config.json: the run's whole config."""
+  path = os.path.join(workdir, "config.json")
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
