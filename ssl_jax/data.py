@@ -451,6 +451,25 @@ def train_batches(split: Split, *, global_batch: int, num_local_devices: int, se
     yield {"image": split.images[rows], "index": ids, "label": split.labels[rows]}
 
 
+def _eval_rows_per_shard(layout: Layout, batch_size: int, num_local_devices: int) -> int:
+  """Rows each shard adds to a global evaluation batch of about `batch_size`."""
+  num_devices = num_local_devices * layout.process_count
+  per_dev = max(1, batch_size // num_devices)
+  # Rounded so that the global batch splits evenly over devices.
+  q = num_devices // math.gcd(layout.num_shards, num_devices)
+  return -(-(-(-per_dev * num_devices // layout.num_shards)) // q) * q
+
+
+def _largest_shard(layout: Layout) -> int:
+  return max(hi - lo for lo, hi in map(layout.shard_bounds, range(layout.num_shards)))
+
+
+def num_eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> int:
+  """How many batches `eval_batches` yields (the same in every process)."""
+  m = _eval_rows_per_shard(split.layout, batch_size, num_local_devices)
+  return -(-_largest_shard(split.layout) // m)
+
+
 def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> Iterator[dict]:
   """Every instance once, padded to full [D, b] batches; the same count in every process.
 
@@ -460,12 +479,8 @@ def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> It
   shard's first example), so callers drop padded rows after the forward pass.
   """
   layout = split.layout
-  num_devices = num_local_devices * layout.process_count
-  per_dev = max(1, batch_size // num_devices)
-  # Rows per shard, rounded so that the global batch splits evenly over devices.
-  q = num_devices // math.gcd(layout.num_shards, num_devices)
-  m = -(-(-(-per_dev * num_devices // layout.num_shards)) // q) * q
-  largest = max(hi - lo for lo, hi in map(layout.shard_bounds, range(layout.num_shards)))
+  m = _eval_rows_per_shard(layout, batch_size, num_local_devices)
+  largest = _largest_shard(layout)
   shape = (num_local_devices, m * len(layout.local_shards) // num_local_devices)
   for start in range(0, largest, m):
     ids, masks = [], []

@@ -25,7 +25,7 @@ import optax
 from ssl_jax import augment
 from ssl_jax import data as data_lib
 from ssl_jax import devices
-
+from ssl_jax import reporting
 
 
 def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "inference"):
@@ -45,16 +45,29 @@ def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "i
   return jax.pmap(embed, axis_name=devices.AXIS)
 
 
+# Seconds before an evaluation pass shows a progress bar: a pass over a small
+# split ends sooner and leaves no lines in the log.
+PROGRESS_DELAY = 5.0
+
+
 def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
-                     batch_size: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+                     batch_size: int, num_devices: int,
+                     desc: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
   """Backbone features h [N, D_h] and embeddings z [N, d] of a whole split, in index order.
 
   Each process embeds only its own rows of the split; the rows of every
-  process are then gathered, so every process returns all N.
+  process are then gathered, so every process returns all N. With `desc`,
+  the first process shows a progress bar once the pass has taken
+  PROGRESS_DELAY seconds.
   """
   lo, hi = split.layout.local_bounds
   hs = zs = None
-  for batch in data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices):
+  total = data_lib.num_eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
+  progress = reporting.Progress(total, desc or "", images_per_step=-(-split.num_examples // total),
+                                enabled=desc is not None and jax.process_index() == 0,
+                                delay=PROGRESS_DELAY)
+  batches = data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
+  for done, batch in enumerate(batches, 1):
     h, z = p_embed(variables, batch["image"])
     mask = batch["mask"].reshape(-1)
     rows = batch["index"].reshape(-1)[mask] - lo
@@ -64,6 +77,7 @@ def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
       hs = np.zeros((hi - lo, h.shape[1]), h.dtype)
       zs = np.zeros((hi - lo, z.shape[1]), z.dtype)
     hs[rows], zs[rows] = h, z
+    progress.update(done)
   counts = _process_counts(split)
   return devices.gather_processes(hs, counts), devices.gather_processes(zs, counts)
 
@@ -169,7 +183,7 @@ def evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y, eval_cf
 def main(argv) -> None:
   """CLI: evaluate the latest checkpoint of a training workdir."""
   from absl import flags, logging
-  from ssl_jax import checkpoint, train  # the shell that knows how to rebuild a run
+  from ssl_jax import checkpoint, run_files, train  # the shell that rebuilds a run
   workdir = flags.FLAGS.workdir
   logging.set_verbosity(logging.INFO if flags.FLAGS.debug else logging.WARNING)
   t0 = time.time()
@@ -181,8 +195,7 @@ def main(argv) -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   result["wall_seconds"] = time.time() - t0
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  run_files.write_json_atomic(os.path.join(workdir, "eval.json"), result)
   print(json.dumps(result, indent=2))
 
 

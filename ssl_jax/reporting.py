@@ -125,21 +125,24 @@ class Progress:
   about every 10% so logs stay short.
   """
 
-  def __init__(self, total: int, desc: str, images_per_step: int, stream=sys.stderr,
-               enabled: bool = True):
+  def __init__(self, total: int, desc: str, images_per_step: int, stream=None,
+               enabled: bool = True, delay: float = 0.0):
     self.total, self.desc, self.images_per_step = total, desc, images_per_step
     self.enabled = enabled  # False in every process but the first of a multi-process run
-    self.stream = stream
-    self.tty = hasattr(stream, "isatty") and stream.isatty()
+    # Nothing is drawn until `delay` seconds have passed: work that ends
+    # sooner (evaluating a small split) leaves no lines in the log.
+    self.delay = delay
+    self.stream = stream or sys.stderr  # looked up now: tests and callers may redirect it
+    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.start = time.perf_counter()
     self.count = 0
     self._last_line = -1
 
   def update(self, count: int, metrics: Optional[Mapping[str, float]] = None) -> None:
     self.count = count
-    if not self.enabled:
-      return
     elapsed = time.perf_counter() - self.start
+    if not self.enabled or elapsed < self.delay:
+      return
     rate = count * self.images_per_step / elapsed if elapsed > 0 else 0.0
     eta = (self.total - count) * elapsed / count if count else 0.0
     width = 24

@@ -373,7 +373,7 @@ def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> Tr
                                    batch_norm=config.bank.calibrate_bn)
   _, z = evaluate.extract_features(p_embed, devices.replicate(_variables(state)), train,
                                    batch_size=config.eval.batch_size,
-                                   num_devices=jax.local_device_count())
+                                   num_devices=jax.local_device_count(), desc="calibrating")
   return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(z, jnp.float32)))
 
 
@@ -383,9 +383,11 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   nd = jax.local_device_count()
   bs = config.eval.batch_size
   train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
-                                               batch_size=bs, num_devices=nd)
+                                               batch_size=bs, num_devices=nd,
+                                               desc="embedding the train split")
   test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
-                                             batch_size=bs, num_devices=nd)
+                                             batch_size=bs, num_devices=nd,
+                                             desc="embedding the test split")
   # Features (gathered above) and labels from every process: the kNN bank and
   # the probe's training set are the whole training subset everywhere.
   return evaluate.evaluate_features(train_h, train_z, evaluate.gather_labels(train),

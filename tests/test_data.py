@@ -128,6 +128,8 @@ def test_eval_batches_cover_the_split_once_with_equal_counts(n, shards, procs, d
     split = _numbered(n, data_lib.Layout(n, shards, p, procs))
     batches = list(data_lib.eval_batches(split, batch_size=4, num_local_devices=devices))
     counts.add(len(batches))
+    assert data_lib.num_eval_batches(split, batch_size=4, num_local_devices=devices) == len(
+        batches)
     for b in batches:
       assert b["image"].shape[:1] == (devices,)
       np.testing.assert_array_equal(b["label"], b["index"])

@@ -70,3 +70,42 @@ def test_progress_prints_rate_and_eta(capsys):
     p.update(i, {"loss": 2.0})
   out = capsys.readouterr().out
   assert "10/10" in out and "img/s" in out and "eta" in out and "loss 2" in out
+
+
+def test_progress_with_a_delay_stays_silent_until_the_delay_has_passed(capsys):
+  import sys
+  p = reporting.Progress(10, "embedding", images_per_step=32, stream=sys.stdout, delay=60.0)
+  for i in range(1, 11):
+    p.update(i)
+  assert capsys.readouterr().out == ""  # ended within the delay: no lines at all
+  p = reporting.Progress(10, "embedding", images_per_step=32, stream=sys.stdout, delay=60.0)
+  p.update(1)
+  p.start -= 61.0  # a minute later
+  for i in range(2, 11):
+    p.update(i)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("embedding [") and " 2/10 " in lines[0]
+  assert "10/10" in lines[-1]
+
+
+def test_extract_features_returns_every_row_in_order_and_shows_progress_on_long_passes(
+    monkeypatch, capsys):
+  import jax
+  from ssl_jax import data as data_lib
+  n = 37  # not a multiple of the batch: the last batch is padded
+  ids = np.arange(n)
+  split = data_lib.Split(ids.astype(np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8),
+                         ids.astype(np.int32), ())
+  # "Features" that spell the instance: h = pixel value, z = 2 * pixel value.
+  p_embed = jax.pmap(lambda v, x: (x[:, 0, 0, :1].astype(np.float32),
+                                   2 * x[:, 0, 0, :1].astype(np.float32)))
+  h, z = evaluate.extract_features(p_embed, None, split, batch_size=8, num_devices=4,
+                                   desc="embedding the test split")
+  np.testing.assert_array_equal(h[:, 0], ids)
+  np.testing.assert_array_equal(z[:, 0], 2 * ids)
+  assert capsys.readouterr().err == ""  # a short pass: no progress lines
+  monkeypatch.setattr(evaluate, "PROGRESS_DELAY", 0.0)
+  evaluate.extract_features(p_embed, None, split, batch_size=8, num_devices=4,
+                            desc="embedding the test split")
+  err = capsys.readouterr().err
+  assert "embedding the test split [" in err and "5/5" in err, err
