@@ -130,8 +130,12 @@ def knn_top1(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.n
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, *, num_classes: int, epochs: int = 100,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 5e-6,
-                 seed: int = 0) -> float:
-  """Top-1 of a softmax classifier trained (AdamW, cosine) on frozen, standardised features."""
+                 seed: int = 0, desc: Optional[str] = None) -> float:
+  """Top-1 of a softmax classifier trained (AdamW, cosine) on frozen, standardised features.
+
+  With `desc`, the first process shows a progress bar over the epochs once
+  training has taken PROGRESS_DELAY seconds.
+  """
   mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
   xtr = jnp.asarray((train_feats - mean) / std, jnp.float32)
   xte = jnp.asarray((test_feats - mean) / std, jnp.float32)
@@ -158,8 +162,14 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     return jax.lax.scan(step, carry, perm)[0]
 
   carry = (params, opt_state)
-  for key in jax.random.split(jax.random.PRNGKey(seed), epochs):
+  progress = reporting.Progress(epochs, desc or "", images_per_step=steps * batch_size,
+                                enabled=desc is not None and jax.process_index() == 0,
+                                delay=PROGRESS_DELAY)
+  for done, key in enumerate(jax.random.split(jax.random.PRNGKey(seed), epochs), 1):
     carry = epoch(carry, key)
+    if progress.enabled:
+      jax.block_until_ready(carry)  # so the bar shows work done, not work queued
+      progress.update(done)
   params = carry[0]
   pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=-1))
   return float(np.mean(pred == test_labels))
@@ -176,7 +186,8 @@ def evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y, eval_cf
     out["linear_top1"] = linear_probe(
         train_h, train_y, test_h, test_y, num_classes=num_classes,
         epochs=eval_cfg.linear_epochs, batch_size=eval_cfg.linear_batch_size,
-        lr=eval_cfg.linear_lr, weight_decay=eval_cfg.linear_weight_decay)
+        lr=eval_cfg.linear_lr, weight_decay=eval_cfg.linear_weight_decay,
+        desc="linear probe (epochs)")
   return out
 
 

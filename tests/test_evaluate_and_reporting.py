@@ -33,7 +33,7 @@ def test_knn_matches_numpy_reference():
     assert got == pytest.approx(expected)
 
 
-def test_knn_and_linear_probe_separate_clustered_features():
+def test_knn_and_linear_probe_separate_clustered_features(monkeypatch, capsys):
   rng = np.random.default_rng(1)
   centers = rng.normal(size=(4, 32)) * 3
   y = rng.integers(0, 4, 600)
@@ -41,9 +41,12 @@ def test_knn_and_linear_probe_separate_clustered_features():
   knn = evaluate.knn_top1(x[:400], y[:400], x[400:], y[400:], k=20)
   lin = evaluate.linear_probe(x[:400], y[:400], x[400:], y[400:], num_classes=4, epochs=20,
                               lr=1e-2)
+  monkeypatch.setattr(evaluate, "PROGRESS_DELAY", 0.0)  # show the bar however short the run
   noise = evaluate.linear_probe(rng.normal(size=(400, 32)), y[:400], rng.normal(size=(200, 32)),
-                                y[400:], num_classes=4, epochs=20, lr=1e-2)
+                                y[400:], num_classes=4, epochs=20, lr=1e-2, desc="probe")
   assert knn > 0.9 and lin > 0.9 and noise < 0.5
+  err = capsys.readouterr().err
+  assert "probe [" in err and "20/20" in err, err
 
 
 def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
