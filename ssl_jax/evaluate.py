@@ -63,7 +63,7 @@ def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
   lo, hi = split.layout.local_bounds
   hs = zs = None
   total = data_lib.num_eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
-  progress = reporting.Progress(total, desc or "", images_per_step=-(-split.num_examples // total),
+  progress = reporting.Progress(total, desc or "", images_per_step=-(-split.num_examples // max(total, 1)),
                                 enabled=desc is not None and jax.process_index() == 0,
                                 delay=PROGRESS_DELAY)
   batches = data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
