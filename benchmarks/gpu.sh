@@ -6,7 +6,9 @@
 #              && pip download ml-collections --no-deps -d .device
 #   there:   bash benchmarks/gpu.sh      (carry: .device; about 6 minutes)
 #
-# Writes $OUT/gpu.json and $OUT/gpu.md; copy them to benchmarks/results/.
+# Writes $OUT/gpu.json and $OUT/gpu.md, rewritten after every measurement (a run
+# stopped by the time limit keeps what it measured, marked partial); copy them to
+# benchmarks/results/.
 set -euo pipefail
 out="${OUT:-/tmp/ssl_jax_out}"
 mkdir -p "$out"

@@ -260,14 +260,19 @@ def markdown(results: dict) -> str:
   lines = [f"# Benchmarks ({results['preset']})", "",
            f"Device: {env['device_kind']} x {env['device_count']} ({env['platform']}; "
            f"host {env.get('processor', 'unknown')}, {env.get('cpu_count', '?')} cores), "
-           f"jax {env['jax']}, {env['date']}. Command: `{results['command']}`", "",
-           f"Matmul peak ({results['peak']['dtype']}, n={results['peak']['n']}): "
+           f"jax {env['jax']}, {env['date']}. Command: `{results['command']}`", ""]
+  if results.get("complete") is False:
+    lines += ["**Partial**: the run stopped before every part was measured (`\"complete\": "
+              "false` in the JSON); the sections below hold what it had measured.", ""]
+  if "peak" not in results:
+    return "\n".join(lines) + "\n"
+  lines += [f"Matmul peak ({results['peak']['dtype']}, n={results['peak']['n']}): "
            f"{results['peak']['flops_per_second'] / 1e12:.3f} TFLOP/s", "",
            "## Train step", "",
            "| method | model | batch | augment | images/s | step ms | compile s | GFLOP/image "
            "| % of peak | XLA MiB/device |", "|---|---|---|---|---|---|---|---|---|---|"]
   fmt = lambda v, f: "n/a" if v is None else format(v, f)
-  for r in results["steps"]:
+  for r in results.get("steps", []):
     lines.append(
         f"| {r['method']} | {r['model']} | {r['batch']} | {r['augment']} | "
         f"{r['images_per_second']:,.0f} | {r['step_seconds'] * 1e3:.1f} | "
@@ -277,6 +282,8 @@ def markdown(results: dict) -> str:
   if results.get("ratios"):
     lines += ["", "Single-branch over SimCLR images/s (same model, batch, augmentation):", ""]
     lines += [f"- {k}: {v:.2f}x" for k, v in results["ratios"].items()]
+  if "bank" not in results:
+    return "\n".join(lines) + "\n"
   lines += ["", "## Bank cost (logits + loss + gradient in z + gradient update, one step)", "",
             "autodiff: value_and_grad through the loss, then the bank transition "
             "(`bank.fused=False`); fused: one softmax pass (`bank.fused=True`). Median of "
@@ -294,6 +301,8 @@ def markdown(results: dict) -> str:
                    f"{r['fused_step_ms']:.2f} | {r['step_ms'] / r['fused_step_ms']:.2f}x | "
                    f"{r['bank_bytes'] / 2**20:.0f} | {mib(r['xla_memory_bytes'])} | "
                    f"{mib(r['fused_xla_memory_bytes'])} | {r['fused_max_abs_diff']:.1e} |")
+  if "input" not in results:
+    return "\n".join(lines) + "\n"
   i = results["input"]
   lines += ["", "## Input pipeline (host only)", ""]
   if "decode_images_per_second" in i:
@@ -308,6 +317,41 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def simclr_ratios(steps: list[dict]) -> dict[str, float]:
+  """Single-branch over SimCLR images/s for every (model, batch, augment) both were run at."""
+  ratios = {}
+  for r in steps:
+    if r["method"] != "ours":
+      continue
+    for s in steps:
+      if (s["method"] == "simclr" and s["model"] == r["model"] and s["batch"] == r["batch"]
+          and s["augment"] == r["augment"]):
+        key = f"{r['model']} batch {r['batch']} augment {r['augment']}"
+        ratios[key] = r["images_per_second"] / s["images_per_second"]
+  return ratios
+
+
+def write_results(results: dict, path: str) -> None:
+  """<path>.json and <path>.md, each replaced whole (a stopped run leaves the last pair)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  for ext, text in ((".json", json.dumps(results, indent=2)), (".md", markdown(results))):
+    tmp = f"{path}{ext}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path + ext)
+
+
+def check_config(cfg, batch_size: int) -> None:
+  """Stops a bad grid before the first (minutes-long) measurement, not after it."""
+  if cfg.epoch_images and cfg.epoch_images < batch_size:
+    raise ValueError(f"config.epoch_images ({cfg.epoch_images}) must be 0 (skip the epoch "
+                     f"part) or at least the training batch ({batch_size}).")
+  for row in cfg.grid:
+    if len(row) != 5:
+      raise ValueError(f"config.grid rows are (model, width, batch, methods, augment modes), "
+                       f"got {row!r}.")
+
+
 def main(argv) -> None:
   import jax
   from absl import flags, logging
@@ -320,6 +364,7 @@ def main(argv) -> None:
   base = (quickstart if cfg.preset == "cpu" else cifar10).get_config()
   base.unlock()
   base.data.source = source
+  check_config(cfg, int(base.batch_size))
   from ssl_jax import devices
   t_all = time.time()
   dev = jax.devices()[0]
@@ -332,50 +377,48 @@ def main(argv) -> None:
                       "processor": devices.processor_name(),
                       "date": datetime.date.today().isoformat()},
       "config": cfg.to_dict()}
+
+  def save(complete: bool = False) -> None:
+    # After every measurement: a run stopped by a time limit keeps what it measured.
+    results["complete"] = complete
+    results["wall_seconds"] = time.time() - t_all
+    results["ratios"] = simclr_ratios(results.get("steps", []))
+    write_results(results, cfg.results)
+
   _log(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform})")
   results["peak"] = matmul_peak(cfg.matmul_size, cfg.dtype)
   peak = results["peak"]["flops_per_second"]
   _log(f"matmul peak {cfg.dtype}: {peak / 1e12:.3f} TFLOP/s")
   results["steps"] = []
+  save()
   for model_name, width, batch, methods, augment_modes in cfg.grid:
     for method in methods:
       for aug in augment_modes:
         r = step_benchmark(base, method, model_name, width, int(batch), aug, cfg, peak)
         results["steps"].append(r)
+        save()
         _log(f"step {method:6s} {r['model']:14s} batch {batch:5d} augment {r['augment']:8s}: "
              f"{r['images_per_second']:9,.0f} img/s, compile {r['compile_seconds']:.1f} s, "
              f"{r['gflops_per_image'] or 0:.3f} GFLOP/img, "
              f"{100 * (r['fraction_of_peak'] or 0):.1f}% of peak")
-  results["ratios"] = {}
-  for r in results["steps"]:
-    if r["method"] != "ours":
-      continue
-    for s in results["steps"]:
-      if (s["method"] == "simclr" and s["model"] == r["model"] and s["batch"] == r["batch"]
-          and s["augment"] == r["augment"]):
-        key = f"{r['model']} batch {r['batch']} augment {r['augment']}"
-        results["ratios"][key] = r["images_per_second"] / s["images_per_second"]
   results["bank"] = []
   for n in cfg.bank_sizes:
     r = bank_benchmark(int(n), int(cfg.bank_dim), int(cfg.bank_batch), cfg.bank_memory_limit_gb)
     results["bank"].append(r)
+    save()
     _log(f"bank N={n:>10,}: " + (r["skipped"] if "skipped" in r else
                                    f"{r['step_ms']:.2f} ms/step autodiff, "
                                    f"{r['fused_step_ms']:.2f} fused"))
   results["input"] = input_benchmark(source, int(cfg.pipeline_decode_images),
                                      int(cfg.pipeline_batch))
   _log(f"input: {results['input']}")
+  save()
   if cfg.epoch_images:
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
       results["epoch"] = epoch_benchmark(base, source, int(cfg.epoch_images), tmp)
     _log(f"epoch: {results['epoch']}")
-  results["wall_seconds"] = time.time() - t_all
-  os.makedirs(os.path.dirname(cfg.results) or ".", exist_ok=True)
-  with open(cfg.results + ".json", "w") as f:
-    json.dump(results, f, indent=2)
-  with open(cfg.results + ".md", "w") as f:
-    f.write(markdown(results))
+  save(complete=True)
   _log(f"wrote {cfg.results}.json and {cfg.results}.md ({results['wall_seconds']:.0f} s)")
 
 

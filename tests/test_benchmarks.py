@@ -1,5 +1,7 @@
 """The benchmark suite's parts run and report sane numbers (no speed is asserted)."""
 
+import json
+
 import pytest
 
 from benchmarks import config as bench_config
@@ -59,3 +61,42 @@ def test_markdown_table_lists_every_measurement(tmp_path):
   assert "2.00x" in text and "skipped" in text and "JPEG decode" in text
   assert "(cpu; host Some CPU (avx2), 2 cores)" in text
   assert results["input"]["batch_images_per_second"] > 0
+
+
+def test_results_are_written_whole_after_every_part_and_marked_partial(tmp_path):
+  env = {"device_kind": "cpu", "device_count": 1, "platform": "cpu", "jax": "x",
+         "date": "2026-11-29"}
+  results = {"preset": "gpu", "command": "python -m benchmarks.run", "environment": env,
+             "complete": False}
+  path = str(tmp_path / "out" / "gpu")
+  bench.write_results(results, path)  # stopped before the first measurement
+  assert "**Partial**" in (tmp_path / "out" / "gpu.md").read_text()
+  results["peak"] = {"dtype": "bfloat16", "n": 256, "flops_per_second": 1e12}
+  results["steps"] = [{"method": m, "model": "resnet18 w1.0", "batch": 512,
+                       "augment": "included", "images_per_second": ips, "step_seconds": 0.01,
+                       "compile_seconds": 20.0, "gflops_per_image": 3.3,
+                       "fraction_of_peak": 0.4, "xla_memory_bytes_per_device": None}
+                      for m, ips in (("ours", 90_000.0), ("simclr", 45_000.0))]
+  results["ratios"] = bench.simclr_ratios(results["steps"])
+  bench.write_results(results, path)  # stopped during the bank part
+  md = (tmp_path / "out" / "gpu.md").read_text()
+  assert "| simclr | resnet18 w1.0 | 512 | included | 45,000 |" in md
+  assert "2.00x" in md and "**Partial**" in md and "Bank cost" not in md
+  assert json.loads((tmp_path / "out" / "gpu.json").read_text())["steps"][1]["method"] == "simclr"
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu.json", "gpu.md"]
+  results["complete"] = True
+  results["bank"], results["input"] = [], {"batch": 512, "batch_images_per_second": 1e6}
+  bench.write_results(results, path)
+  assert "Partial" not in (tmp_path / "out" / "gpu.md").read_text()
+
+
+def test_a_bad_grid_is_refused_before_anything_is_measured():
+  cfg = bench_config.get_config("gpu")
+  bench.check_config(cfg, 512)
+  cfg.epoch_images = 500
+  with pytest.raises(ValueError, match=r"epoch_images \(500\) must be 0"):
+    bench.check_config(cfg, 512)
+  cfg.epoch_images = 0
+  cfg.grid = (("resnet18", 1.0, 512, ("ours",)),)
+  with pytest.raises(ValueError, match="grid rows are"):
+    bench.check_config(cfg, 512)
