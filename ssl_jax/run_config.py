@@ -6,6 +6,8 @@ field stops the run with one line naming it (and its allowed values).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import ml_collections
 
@@ -86,3 +88,23 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 def num_shards(config) -> int:
   """Data shards: config.data.shards, or one per process when it is 0."""
   return int(config.data.get("shards", 0)) or jax.process_count()
+
+
+def bank_lr_note(config: ml_collections.ConfigDict) -> Optional[str]:
+  """A line for runs whose gradient bank step is off the configs' rule by 2x or more, else None.
+
+  `bank.lr` is an absolute step size: the configs set it to B * tau / 2 for
+  their own batch and temperature (configs/default.py says why), so a run
+  that changes `batch_size` or `loss.temperature` alone changes the bank's
+  step too. The ablation measured 4x the rule's step as unstable and 1/4 as
+  half a point worse (experiments/ablation).
+  """
+  if config.method not in BANK_METHODS or config.bank.update_rule != "grad":
+    return None
+  rule = 0.5 * config.batch_size * config.loss.temperature
+  ratio = config.bank.lr / rule
+  if 0.5 < ratio < 2.0:
+    return None
+  return (f"note: bank.lr = {config.bank.lr:g} is {ratio:.2g}x the configs' rule B * tau / 2 = "
+          f"{rule:g} for batch {config.batch_size} and temperature {config.loss.temperature:g} "
+          f"(4x was unstable in experiments/ablation); --config.bank.lr={rule:g} follows it.")

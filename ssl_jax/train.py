@@ -44,7 +44,8 @@ from ssl_jax import sharded_bank
 from ssl_jax.methods import bank_method
 from ssl_jax.methods import byol
 from ssl_jax.methods import simclr
-from ssl_jax.run_config import BANK_METHODS, ConfigError, num_shards, validate_config
+from ssl_jax.run_config import (BANK_METHODS, ConfigError, bank_lr_note, num_shards,
+                                validate_config)
 from ssl_jax.state import TrainState, create_train_state
 
 
@@ -502,6 +503,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"{config.model.stem} stem), {nd} {jax.devices()[0].platform} device(s)")
   log(f"data source: {config.data.source}"
       + (f" ({config.data.source_reason})" if config.data.get("source_reason") else ""))
+  if note := bank_lr_note(config):
+    log(note)
 
   train, test, skipped = load_data(config, log)
   num_classes = count_classes(train, test)

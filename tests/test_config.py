@@ -48,6 +48,24 @@ def test_shipped_configs_are_valid():
       run_config.validate_config(config, num_devices=1)
 
 
+def test_a_bank_step_off_the_configs_rule_gets_a_note():
+  for module in (cifar10, quickstart):  # the shipped configs follow B * tau / 2
+    for method in ("ours", "npid", "simclr", "byol"):
+      assert run_config.bank_lr_note(module.get_config(method)) is None
+  config = quickstart.get_config()  # batch 256, tau 0.1, bank.lr 12.8
+  config.unlock()
+  config.batch_size = 64  # alone: the same bank.lr is now 4x the rule's 3.2
+  note = run_config.bank_lr_note(config)
+  assert note.startswith("note: bank.lr = 12.8 is 4x the configs' rule B * tau / 2 = 3.2 ")
+  assert note.endswith("--config.bank.lr=3.2 follows it.")
+  config.bank.lr = 4.0  # 1.25x: close enough
+  assert run_config.bank_lr_note(config) is None
+  config.bank.lr = 1.0  # 0.31x
+  assert "0.31x" in run_config.bank_lr_note(config)
+  config.bank.update_rule = "momentum"  # bank.lr unused
+  assert run_config.bank_lr_note(config) is None
+
+
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
