@@ -185,6 +185,27 @@ def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
       assert sweep.config_differences(saved, run) == []
 
 
+def test_the_temperature_follow_up_reuses_the_ablation_runs_and_follows_the_rule():
+  cpu, tau = ablation_config.get_config("cpu"), ablation_config.get_config("cpu_tau")
+  assert tau.results_dir == "experiments/ablation/cpu_tau"
+  ablated = {v.name: v for v in sweep.parse_variants(cpu.variants, cpu.base)}
+  runs = {v.name: sweep.variant_config(tau.base, v, 1)
+          for v in sweep.parse_variants(tau.variants, tau.base)}
+  assert set(runs) - set(ablated) == {"tau=0.05+rule", "tau=0.2+rule"}
+  for name, run in runs.items():
+    run_config.validate_config(run, num_devices=1)
+    if name in ablated:  # a finished ablation run is this preset's run
+      saved = json.loads(sweep.variant_config(cpu.base, ablated[name], 1).to_json_best_effort())
+      assert sweep.config_differences(saved, run) == []
+  for t in ("0.05", "0.2"):
+    # Only the bank's step differs from the sweep's variant, and it follows B tau / 2.
+    rule = runs[f"tau={t}+rule"]
+    assert rule.bank.lr == pytest.approx(0.5 * rule.batch_size * float(t))
+    assert run_config.bank_lr_note(rule) is None and run_config.bank_lr_note(runs[f"tau={t}"])
+    diff = sweep.config_differences(json.loads(runs[f"tau={t}"].to_json_best_effort()), rule)
+    assert len(diff) == 1 and diff[0].startswith("bank.lr:"), diff
+
+
 def test_the_recipe_follow_ups_change_what_their_names_say():
   search, confirm = recipe_config.get_config("cpu"), recipe_config.get_config("cpu_confirm")
   searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}

@@ -2,6 +2,7 @@
 
     python -m experiments.ablation.run --config experiments/ablation/config.py:cpu --workdir runs/ablation_cpu
     python -m experiments.ablation.run --config experiments/ablation/config.py:gpu --workdir runs/ablation_gpu
+    python -m experiments.ablation.run --config experiments/ablation/config.py:cpu_tau --workdir runs/ablation_cpu
 
 Components: `init` (the bank from one forward pass of the untrained network
 instead of random unit rows), `grad` (the gradient bank update instead of
@@ -46,6 +47,23 @@ def sweep_variants(bank_lr: float) -> tuple:
   )
 
 
+def tau_variants(base: ml_collections.ConfigDict) -> tuple:
+  """The temperature sweep with the bank's step following the configs' rule B tau / 2.
+
+  `bank.lr` is an absolute step, so the sweep's `tau=0.05` and `tau=0.2`
+  (which keep the default's bank.lr) also move the bank 2x and 0.5x as far
+  as the rule would: `+rule` changes only the temperature's own role.
+  Beside them, the method and the sweep's variants under the same names, so
+  in the cpu preset's workdir those are its finished runs.
+  """
+  rule = lambda tau: 0.5 * base.batch_size * tau
+  fixed = dict(sweep_variants(base.bank.lr))
+  return (("init+grad+kl", dict(component_variants())["init+grad+kl"]),
+          ("tau=0.05", fixed["tau=0.05"]), ("tau=0.2", fixed["tau=0.2"]),
+          ("tau=0.05+rule", f"method=ours loss.temperature=0.05 bank.lr={rule(0.05)}"),
+          ("tau=0.2+rule", f"method=ours loss.temperature=0.2 bank.lr={rule(0.2)}"))
+
+
 def base_config(preset: str) -> ml_collections.ConfigDict:
   """The training config every variant starts from (also the recipe search's)."""
   base = sweep.preset_base(preset)
@@ -60,7 +78,12 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  base = base_config(preset)
+  if preset not in ("cpu", "gpu", "cpu_tau"):
+    raise ValueError(f"preset must be 'cpu', 'gpu' or 'cpu_tau', got {preset!r}.")
+  base = base_config("cpu" if preset == "cpu_tau" else preset)
   config = sweep.experiment_config("ablation", preset, base)
-  config.variants = component_variants() + sweep_variants(base.bank.lr)
+  if preset == "cpu_tau":
+    config.variants = tau_variants(base)
+  else:
+    config.variants = component_variants() + sweep_variants(base.bank.lr)
   return config
