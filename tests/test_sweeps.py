@@ -271,6 +271,18 @@ def test_ablation_report_estimates_each_components_effect(tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 1000
 
 
+def test_temperature_follow_up_report_names_the_bank_step_and_has_no_effects(tmp_path):
+  config = ablation_config.get_config("cpu_tau")
+  config.results_dir = str(tmp_path)
+  names = [n for n, _ in config.variants]
+  md = ablation_run.report(config, _results(names, lambda n, s: 0.30 + 0.01 * names.index(n)),
+                           "cmd")
+  assert "`tau=...+rule` sets `bank.lr` to the configs' rule B tau / 2" in md
+  assert "| tau=0.2+rule | 2 |" in md and "Effect of switching" not in md
+  if sweep.pyplot() is not None:
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
 def test_efficiency_reports_tabulate_methods_against_their_axis(tmp_path):
   data = data_config.get_config("cpu")
   data.results_dir = str(tmp_path / "d")

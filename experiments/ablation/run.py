@@ -73,6 +73,10 @@ def markdown(rows: dict, effects: dict, meta: dict) -> str:
          f"s/epoch is as measured, on a machine that may have run other work alongside: "
          f"step costs are measured by `benchmarks/`, and the claims tested here are about "
          f"epochs.", "",
+         *(["`tau=...+rule` sets `bank.lr` to the configs' rule B tau / 2 for its "
+            "temperature; `tau=0.05` and `tau=0.2` keep the method's `bank.lr`, so their "
+            "bank step is 2x and 0.5x the rule's.", ""]
+           if any(n.endswith("+rule") for n in rows) else []),
          *sweep.fewer_seeds_in_rows(rows, meta["seeds"]),
          sweep.variants_table(rows), ""]
   if effects:
@@ -95,7 +99,9 @@ def report(config, results: dict, command: str) -> str:
   md = markdown(rows, effects, meta)
   sweep.write_results(config.results_dir, "results", {**meta, "effects": effects}, rows, md)
   combos = [n for n in rows if components_of(n) is not None]
-  sweep.variants_plot(rows, f"{config.results_dir}/ablation.png", combos, "init+grad+kl")
+  # The eight combinations' curves; a preset without them (cpu_tau) plots all its rows.
+  curves = combos if len(combos) > 1 else list(rows)
+  sweep.variants_plot(rows, f"{config.results_dir}/ablation.png", curves, "init+grad+kl")
   return md
 
 
