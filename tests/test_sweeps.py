@@ -151,7 +151,8 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       variants = sweep.parse_variants(config.variants, config.base)
       for v in variants:
         run_config.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
-    assert len(ablation.variants) == 14 and len(data.variants) == 4 * len(data.fractions)
+    assert len(ablation.variants) == {"cpu": 14, "gpu": 16}[preset]
+    assert len(data.variants) == 4 * len(data.fractions)
     # The recipe's head variant is the other head from its base's.
     heads = {v.name: sweep.variant_config(recipe.base, v, 0).model.head
              for v in sweep.parse_variants(recipe.variants, recipe.base)}

@@ -47,6 +47,13 @@ def sweep_variants(bank_lr: float) -> tuple:
   )
 
 
+def rule_tau_variants(base: ml_collections.ConfigDict) -> tuple:
+  """Temperatures 0.05 and 0.2 with bank.lr at the configs' rule B tau / 2 for each."""
+  rule = lambda tau: 0.5 * base.batch_size * tau
+  return tuple((f"tau={tau}+rule", f"method=ours loss.temperature={tau} bank.lr={rule(tau)}")
+               for tau in (0.05, 0.2))
+
+
 def tau_variants(base: ml_collections.ConfigDict) -> tuple:
   """The temperature sweep with the bank's step following the configs' rule B tau / 2.
 
@@ -56,12 +63,10 @@ def tau_variants(base: ml_collections.ConfigDict) -> tuple:
   Beside them, the method and the sweep's variants under the same names, so
   in the cpu preset's workdir those are its finished runs.
   """
-  rule = lambda tau: 0.5 * base.batch_size * tau
   fixed = dict(sweep_variants(base.bank.lr))
   return (("init+grad+kl", dict(component_variants())["init+grad+kl"]),
           ("tau=0.05", fixed["tau=0.05"]), ("tau=0.2", fixed["tau=0.2"]),
-          ("tau=0.05+rule", f"method=ours loss.temperature=0.05 bank.lr={rule(0.05)}"),
-          ("tau=0.2+rule", f"method=ours loss.temperature=0.2 bank.lr={rule(0.2)}"))
+          *rule_tau_variants(base))
 
 
 def base_config(preset: str) -> ml_collections.ConfigDict:
@@ -86,4 +91,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     config.variants = tau_variants(base)
   else:
     config.variants = component_variants() + sweep_variants(base.bank.lr)
+  if preset == "gpu":
+    # Found on CPU (cpu_tau): the temperature only means something with the
+    # bank's step following it, so the GPU sweep has both.
+    config.variants += rule_tau_variants(base)
   return config
