@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 import platform
 import sys
@@ -333,12 +332,10 @@ def simclr_ratios(steps: list[dict]) -> dict[str, float]:
 
 def write_results(results: dict, path: str) -> None:
   """<path>.json and <path>.md, each replaced whole (a stopped run leaves the last pair)."""
+  from ssl_jax import run_files
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  for ext, text in ((".json", json.dumps(results, indent=2)), (".md", markdown(results))):
-    tmp = f"{path}{ext}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path + ext)
+  run_files.write_json_atomic(path + ".json", results)
+  run_files.write_text_atomic(path + ".md", markdown(results))
 
 
 def check_config(cfg, batch_size: int) -> None:

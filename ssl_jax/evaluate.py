@@ -50,6 +50,13 @@ def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "i
 PROGRESS_DELAY = 5.0
 
 
+def _progress(total: int, desc: Optional[str], images_per_step: int) -> reporting.Progress:
+  """A bar on the first process, drawn after PROGRESS_DELAY seconds; none without `desc`."""
+  return reporting.Progress(total, desc or "", images_per_step,
+                            enabled=desc is not None and jax.process_index() == 0,
+                            delay=PROGRESS_DELAY)
+
+
 def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
                      batch_size: int, num_devices: int,
                      desc: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +70,7 @@ def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
   lo, hi = split.layout.local_bounds
   hs = zs = None
   total = data_lib.num_eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
-  progress = reporting.Progress(total, desc or "", images_per_step=-(-split.num_examples // max(total, 1)),
-                                enabled=desc is not None and jax.process_index() == 0,
-                                delay=PROGRESS_DELAY)
+  progress = _progress(total, desc, -(-split.num_examples // max(total, 1)))
   batches = data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
   for done, batch in enumerate(batches, 1):
     h, z = p_embed(variables, batch["image"])
@@ -162,9 +167,7 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     return jax.lax.scan(step, carry, perm)[0]
 
   carry = (params, opt_state)
-  progress = reporting.Progress(epochs, desc or "", images_per_step=steps * batch_size,
-                                enabled=desc is not None and jax.process_index() == 0,
-                                delay=PROGRESS_DELAY)
+  progress = _progress(epochs, desc, steps * batch_size)
   for done, key in enumerate(jax.random.split(jax.random.PRNGKey(seed), epochs), 1):
     carry = epoch(carry, key)
     if progress.enabled:

@@ -90,6 +90,11 @@ def num_shards(config) -> int:
   return int(config.data.get("shards", 0)) or jax.process_count()
 
 
+def bank_lr_rule(batch_size: int, temperature: float) -> float:
+  """The configs' gradient bank step B tau / 2 (configs/default.py says why)."""
+  return 0.5 * batch_size * temperature
+
+
 def bank_lr_note(config: ml_collections.ConfigDict) -> Optional[str]:
   """A line for runs whose gradient bank step is off the configs' rule by 2x or more, else None.
 
@@ -101,7 +106,7 @@ def bank_lr_note(config: ml_collections.ConfigDict) -> Optional[str]:
   """
   if config.method not in BANK_METHODS or config.bank.update_rule != "grad":
     return None
-  rule = 0.5 * config.batch_size * config.loss.temperature
+  rule = bank_lr_rule(config.batch_size, config.loss.temperature)
   ratio = config.bank.lr / rule
   if 0.5 < ratio < 2.0:
     return None

@@ -65,11 +65,16 @@ def check_resumable(workdir: str, config, num_train_examples: int) -> None:
         f"--workdir.")
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `path` whole: a temporary file renamed over it, so a crash leaves the old one."""
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def truncate_metrics(workdir: str, step: int) -> list[dict]:
@@ -86,10 +91,7 @@ def truncate_metrics(workdir: str, step: int) -> list[dict]:
         continue
       if record.get("step", 0) <= step:
         records.append(record)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  os.replace(tmp, path)
+  write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
 
@@ -144,11 +146,7 @@ def write_run_info(workdir: str, config, num_train_examples: int) -> None:
 
 def write_config(workdir: str, config) -> None:
   """config.json: the run's whole config."""
-  path = os.path.join(workdir, "config.json")
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
+  write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

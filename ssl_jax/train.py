@@ -554,7 +554,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"(epoch {int(state.step) // steps_per_epoch})")
     with open(init_eval_path) as f:
       init_eval = json.load(f)
-    history = [r for r in run_files.truncate_metrics(workdir, int(state.step)) if "epoch_seconds" in r]
+    history = [r for r in run_files.truncate_metrics(workdir, int(state.step))
+               if "epoch_seconds" in r]
     carried = run_files.carried_epoch_time(workdir, int(state.step), steps_per_epoch)
   if is_main:
     run_files.write_config(workdir, config)
@@ -595,8 +596,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     saved = host_state(config, state, train.num_examples)
     if step % steps_per_epoch and is_main:
       # host_state waited for the step, so this is the epoch's time so far.
-      run_files.record_epoch_time(workdir, step, carried[0] + time.perf_counter() - t_epoch,
-                         carried[1] + step - epoch * steps_per_epoch - start)
+      run_files.record_epoch_time(workdir, step,
+                                  carried[0] + time.perf_counter() - t_epoch,
+                                  carried[1] + step - epoch * steps_per_epoch - start)
     checkpoint.save(manager, saved)
 
   def preempt() -> None:

@@ -19,6 +19,7 @@ Any field can be overridden, e.g. `--config.seeds=(0,1,2)` or
 import ml_collections
 
 from experiments import sweep
+from ssl_jax import run_config
 
 # Each component off: its NPID setting.
 _OFF = {"init": "bank.init=random", "grad": "bank.update_rule=momentum",
@@ -49,8 +50,8 @@ def sweep_variants(bank_lr: float) -> tuple:
 
 def rule_tau_variants(base: ml_collections.ConfigDict) -> tuple:
   """Temperatures 0.05 and 0.2 with bank.lr at the configs' rule B tau / 2 for each."""
-  rule = lambda tau: 0.5 * base.batch_size * tau
-  return tuple((f"tau={tau}+rule", f"method=ours loss.temperature={tau} bank.lr={rule(tau)}")
+  return tuple((f"tau={tau}+rule", f"method=ours loss.temperature={tau} "
+                                   f"bank.lr={run_config.bank_lr_rule(base.batch_size, tau)}")
                for tau in (0.05, 0.2))
 
 
