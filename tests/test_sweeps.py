@@ -170,7 +170,8 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
 
 
 @pytest.mark.parametrize("preset, new_variants", [
-    ("cpu_confirm", {"head=mlp+kl_dir=p_q"}), ("cpu_sqrtkl", {"kl=0", "head=mlp+kl=0"})])
+    ("cpu_confirm", {"head=mlp+kl_dir=p_q"}), ("cpu_sqrtkl", {"kl=0", "head=mlp+kl=0"}),
+    ("cpu_tau", {"tau=0.05+rule", "head=mlp+tau=0.05+rule"})])
 def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
   search, follow_up = recipe_config.get_config("cpu"), recipe_config.get_config(preset)
   searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
@@ -224,6 +225,22 @@ def test_the_recipe_follow_ups_change_what_their_names_say():
     assert runs[name].loss.kl_weight == 0.0
     diff = sweep.config_differences(json.loads(runs[with_kl].to_json_best_effort()), runs[name])
     assert len(diff) == 1 and diff[0].startswith("loss.kl_weight:"), diff
+  tau = recipe_config.get_config("cpu_tau")
+  runs = {v.name: sweep.variant_config(tau.base, v, 0)
+          for v in sweep.parse_variants(tau.variants, tau.base)}
+  for name, at_0_1 in (("tau=0.05+rule", "default"), ("head=mlp+tau=0.05+rule", "head=mlp")):
+    # Only the temperature and the bank's step (B tau / 2) differ from the run at 0.1.
+    assert runs[at_0_1].loss.temperature == 0.1 and runs[name].loss.temperature == 0.05
+    assert runs[name].bank.lr == pytest.approx(0.5 * runs[name].batch_size * 0.05)
+    assert run_config.bank_lr_note(runs[name]) is None
+    diff = sweep.config_differences(json.loads(runs[at_0_1].to_json_best_effort()), runs[name])
+    assert sorted(d.split(":")[0] for d in diff) == ["bank.lr", "loss.temperature"], diff
+  # The linear-head run is the ablation's tau=0.05+rule (same config, another workdir).
+  ablation = ablation_config.get_config("cpu_tau")
+  rule = {v.name: v for v in sweep.parse_variants(ablation.variants, ablation.base)}
+  saved = sweep.variant_config(ablation.base, rule["tau=0.05+rule"], 0)
+  assert sweep.config_differences(json.loads(saved.to_json_best_effort()),
+                                  runs["tau=0.05+rule"]) == []
 
 
 def test_ablation_components_turn_off_to_npid_settings():

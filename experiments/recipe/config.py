@@ -3,6 +3,7 @@
     python -m experiments.recipe.run --config experiments/recipe/config.py:cpu --workdir runs/recipe_cpu
     python -m experiments.recipe.run --config experiments/recipe/config.py:gpu --workdir runs/recipe_gpu
     python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_confirm --workdir runs/recipe_cpu
+    python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_tau --workdir runs/recipe_cpu
 
 The temperature, the SqrtKL weight and the bank learning rate are swept by
 `experiments/ablation`; this sweeps the rest: SqrtKL direction and
@@ -20,12 +21,19 @@ preset's workdir its seeds 0 and 1 are those finished runs, not recomputed.
 with and without it (`kl=0`), with the linear head and with the MLP head,
 seeds 0-4. In the same workdir, `default` and `head=mlp` are the
 confirmation's finished runs.
+
+`cpu_tau` confirms the ablation's `cpu_tau` finding (temperature 0.05 beats
+0.1 once the bank's step follows B tau / 2) with five seeds, for the linear
+head and for the MLP head the recipe uses: `default`, `tau=0.05+rule`,
+`head=mlp` and `head=mlp+tau=0.05+rule`. In the same workdir, `default`
+and `head=mlp` are the confirmation's finished runs.
 """
 
 import ml_collections
 
 from experiments import sweep
 from experiments.ablation import config as ablation_config
+from ssl_jax import run_config
 
 
 def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -66,22 +74,38 @@ def sqrtkl_variants(base: ml_collections.ConfigDict) -> tuple:
           ("head=mlp", search["head=mlp"]), ("head=mlp+kl=0", search["head=mlp"] + no_kl))
 
 
+def tau_variants(base: ml_collections.ConfigDict) -> tuple:
+  """The method and its MLP-head recipe, each at temperature 0.1 and at 0.05.
+
+  At 0.05 `bank.lr` follows the configs' rule B tau / 2 (half the default's
+  step, which is an absolute step size): the ablation's `tau=0.05+rule`.
+  """
+  search = dict(recipe_variants(base))
+  tau = 0.05
+  rule = f" loss.temperature={tau} bank.lr={run_config.bank_lr_rule(base.batch_size, tau)}"
+  return (("default", search["default"]), (f"tau={tau}+rule", search["default"] + rule),
+          ("head=mlp", search["head=mlp"]), (f"head=mlp+tau={tau}+rule", search["head=mlp"] + rule))
+
+
 # Presets that rerun variants of the cpu search with five seeds: their variants
 # keep the search's names and overrides, so its finished runs are reused.
-_CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants}
+_CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants,
+                   "cpu_tau": tau_variants}
 # Paired comparisons (a, b) the report tabulates as a - b per seed.
 _PAIRS = {
     "cpu_confirm": (("head=mlp", "default"), ("kl_dir=p_q", "default"),
                     ("head=mlp+kl_dir=p_q", "default")),
     # SqrtKL's effect with each head.
     "cpu_sqrtkl": (("default", "kl=0"), ("head=mlp", "head=mlp+kl=0")),
+    # Temperature 0.05 (with the rule's bank step) against 0.1, with each head.
+    "cpu_tau": (("tau=0.05+rule", "default"), ("head=mlp+tau=0.05+rule", "head=mlp")),
 }
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   if preset not in ("cpu", "gpu", *_CPU_FOLLOW_UPS):
-    raise ValueError(
-        f"preset must be 'cpu', 'gpu', 'cpu_confirm' or 'cpu_sqrtkl', got {preset!r}.")
+    raise ValueError("preset must be 'cpu', 'gpu', 'cpu_confirm', 'cpu_sqrtkl' or 'cpu_tau', "
+                     f"got {preset!r}.")
   follow_up = _CPU_FOLLOW_UPS.get(preset)
   # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
   base = ablation_config.base_config("cpu" if follow_up else preset)
