@@ -171,7 +171,8 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
 
 @pytest.mark.parametrize("preset, new_variants", [
     ("cpu_confirm", {"head=mlp+kl_dir=p_q"}), ("cpu_sqrtkl", {"kl=0", "head=mlp+kl=0"}),
-    ("cpu_tau", {"tau=0.05+rule", "head=mlp+tau=0.05+rule"})])
+    ("cpu_tau", {"tau=0.05+rule", "head=mlp+tau=0.05+rule"}),
+    ("cpu_long", {"epochs=x2+lr=x2", "epochs=x2+batch=x0.5"})])
 def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
   search, follow_up = recipe_config.get_config("cpu"), recipe_config.get_config(preset)
   searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
@@ -241,6 +242,19 @@ def test_the_recipe_follow_ups_change_what_their_names_say():
   saved = sweep.variant_config(ablation.base, rule["tau=0.05+rule"], 0)
   assert sweep.config_differences(json.loads(saved.to_json_best_effort()),
                                   runs["tau=0.05+rule"]) == []
+  long = recipe_config.get_config("cpu_long")
+  runs = {v.name: sweep.variant_config(long.base, v, 0)
+          for v in sweep.parse_variants(long.variants, long.base)}
+  base = runs["epochs=x2"]
+  assert base.num_epochs == 2 * search.base.num_epochs
+  for name, changed in (("epochs=x2+lr=x2", "optim.base_lr"), ("epochs=x2+batch=x0.5", "batch_size")):
+    # The search's change, and only it (with the bank step tied to the batch), at 20 epochs.
+    diff = sweep.config_differences(json.loads(base.to_json_best_effort()), runs[name])
+    expected = {changed} | ({"bank.lr"} if changed == "batch_size" else set())
+    assert {d.split(":")[0] for d in diff} == expected, diff
+  assert runs["epochs=x2+lr=x2"].optim.base_lr == pytest.approx(2 * base.optim.base_lr)
+  assert runs["epochs=x2+batch=x0.5"].batch_size == base.batch_size // 2
+  assert run_config.bank_lr_note(runs["epochs=x2+batch=x0.5"]) is None
 
 
 def test_ablation_components_turn_off_to_npid_settings():

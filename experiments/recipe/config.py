@@ -4,6 +4,7 @@
     python -m experiments.recipe.run --config experiments/recipe/config.py:gpu --workdir runs/recipe_gpu
     python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_confirm --workdir runs/recipe_cpu
     python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_tau --workdir runs/recipe_cpu
+    python -m experiments.recipe.run --config experiments/recipe/config.py:cpu_long --workdir runs/recipe_cpu
 
 The temperature, the SqrtKL weight and the bank learning rate are swept by
 `experiments/ablation`; this sweeps the rest: SqrtKL direction and
@@ -27,6 +28,11 @@ confirmation's finished runs.
 head and for the MLP head the recipe uses: `default`, `tau=0.05+rule`,
 `head=mlp` and `head=mlp+tau=0.05+rule`. In the same workdir, `default`
 and `head=mlp` are the confirmation's finished runs.
+
+`cpu_long` asks whether the search's faster-learning changes (double
+learning rate, half the batch) still help with twice the schedule, or only
+get further in 10 epochs: `epochs=x2` (the search's), `epochs=x2+lr=x2` and
+`epochs=x2+batch=x0.5`, seeds 0-2.
 """
 
 import ml_collections
@@ -87,10 +93,19 @@ def tau_variants(base: ml_collections.ConfigDict) -> tuple:
           ("head=mlp", search["head=mlp"]), (f"head=mlp+tau={tau}+rule", search["head=mlp"] + rule))
 
 
+def long_variants(base: ml_collections.ConfigDict) -> tuple:
+  """Twice the epochs, alone and with the search's double learning rate or half batch."""
+  search = dict(recipe_variants(base))
+  longer = search["epochs=x2"]
+  return (("epochs=x2", longer),
+          *((f"epochs=x2+{name}", longer + search[name].removeprefix("method=ours"))
+            for name in ("lr=x2", "batch=x0.5")))
+
+
 # Presets that rerun variants of the cpu search with five seeds: their variants
 # keep the search's names and overrides, so its finished runs are reused.
 _CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants,
-                   "cpu_tau": tau_variants}
+                   "cpu_tau": tau_variants, "cpu_long": long_variants}
 # Paired comparisons (a, b) the report tabulates as a - b per seed.
 _PAIRS = {
     "cpu_confirm": (("head=mlp", "default"), ("kl_dir=p_q", "default"),
@@ -99,13 +114,17 @@ _PAIRS = {
     "cpu_sqrtkl": (("default", "kl=0"), ("head=mlp", "head=mlp+kl=0")),
     # Temperature 0.05 (with the rule's bank step) against 0.1, with each head.
     "cpu_tau": (("tau=0.05+rule", "default"), ("head=mlp+tau=0.05+rule", "head=mlp")),
+    # The search's 10-epoch gains of each change, now at 20 epochs.
+    "cpu_long": (("epochs=x2+lr=x2", "epochs=x2"), ("epochs=x2+batch=x0.5", "epochs=x2")),
 }
+# Twice as long a run: three seeds (seeds 0 and 1 of epochs=x2 are the search's).
+_SEEDS = {"cpu_long": (0, 1, 2)}
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   if preset not in ("cpu", "gpu", *_CPU_FOLLOW_UPS):
-    raise ValueError("preset must be 'cpu', 'gpu', 'cpu_confirm', 'cpu_sqrtkl' or 'cpu_tau', "
-                     f"got {preset!r}.")
+    raise ValueError("preset must be 'cpu', 'gpu', 'cpu_confirm', 'cpu_sqrtkl', 'cpu_tau' or "
+                     f"'cpu_long', got {preset!r}.")
   follow_up = _CPU_FOLLOW_UPS.get(preset)
   # The ablation's base: its `default` variant is the ablation's `init+grad+kl`.
   base = ablation_config.base_config("cpu" if follow_up else preset)
@@ -114,5 +133,5 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   config.pairs = _PAIRS.get(preset, ())
   if follow_up:
     # Seeds 0 and 1 of the search's variants are the cpu preset's runs.
-    config.seeds = (0, 1, 2, 3, 4)
+    config.seeds = _SEEDS.get(preset, (0, 1, 2, 3, 4))
   return config
