@@ -39,7 +39,6 @@ import ml_collections
 
 from experiments import sweep
 from experiments.ablation import config as ablation_config
-from ssl_jax import run_config
 
 
 def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -87,10 +86,10 @@ def tau_variants(base: ml_collections.ConfigDict) -> tuple:
   step, which is an absolute step size): the ablation's `tau=0.05+rule`.
   """
   search = dict(recipe_variants(base))
-  tau = 0.05
-  rule = f" loss.temperature={tau} bank.lr={run_config.bank_lr_rule(base.batch_size, tau)}"
-  return (("default", search["default"]), (f"tau={tau}+rule", search["default"] + rule),
-          ("head=mlp", search["head=mlp"]), (f"head=mlp+tau={tau}+rule", search["head=mlp"] + rule))
+  name = "tau=0.05+rule"
+  rule = dict(ablation_config.rule_tau_variants(base))[name].removeprefix("method=ours")
+  return (("default", search["default"]), (name, search["default"] + rule),
+          ("head=mlp", search["head=mlp"]), (f"head=mlp+{name}", search["head=mlp"] + rule))
 
 
 def long_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -102,8 +101,9 @@ def long_variants(base: ml_collections.ConfigDict) -> tuple:
             for name in ("lr=x2", "batch=x0.5")))
 
 
-# Presets that rerun variants of the cpu search with five seeds: their variants
-# keep the search's names and overrides, so its finished runs are reused.
+# Presets that rerun variants of the cpu search with more seeds (five, or
+# _SEEDS's): their variants keep the search's names and overrides, so its
+# finished runs are reused.
 _CPU_FOLLOW_UPS = {"cpu_confirm": confirm_variants, "cpu_sqrtkl": sqrtkl_variants,
                    "cpu_tau": tau_variants, "cpu_long": long_variants}
 # Paired comparisons (a, b) the report tabulates as a - b per seed.
