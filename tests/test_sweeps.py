@@ -172,7 +172,7 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
 @pytest.mark.parametrize("preset, new_variants", [
     ("cpu_confirm", {"head=mlp+kl_dir=p_q"}), ("cpu_sqrtkl", {"kl=0", "head=mlp+kl=0"}),
     ("cpu_tau", {"tau=0.05+rule", "head=mlp+tau=0.05+rule"}),
-    ("cpu_long", {"epochs=x2+lr=x2", "epochs=x2+batch=x0.5"})])
+    ("cpu_long", {"epochs=x2+lr=x2", "epochs=x2+batch=x0.5", "epochs=x2+lr=x4"})])
 def test_the_recipe_follow_ups_reuse_the_cpu_search_runs(preset, new_variants):
   search, follow_up = recipe_config.get_config("cpu"), recipe_config.get_config(preset)
   searched = {v.name: v for v in sweep.parse_variants(search.variants, search.base)}
@@ -247,12 +247,14 @@ def test_the_recipe_follow_ups_change_what_their_names_say():
           for v in sweep.parse_variants(long.variants, long.base)}
   base = runs["epochs=x2"]
   assert base.num_epochs == 2 * search.base.num_epochs
-  for name, changed in (("epochs=x2+lr=x2", "optim.base_lr"), ("epochs=x2+batch=x0.5", "batch_size")):
+  for name, changed in (("epochs=x2+lr=x2", "optim.base_lr"), ("epochs=x2+batch=x0.5", "batch_size"),
+                        ("epochs=x2+lr=x4", "optim.base_lr")):
     # The search's change, and only it (with the bank step tied to the batch), at 20 epochs.
     diff = sweep.config_differences(json.loads(base.to_json_best_effort()), runs[name])
     expected = {changed} | ({"bank.lr"} if changed == "batch_size" else set())
     assert {d.split(":")[0] for d in diff} == expected, diff
   assert runs["epochs=x2+lr=x2"].optim.base_lr == pytest.approx(2 * base.optim.base_lr)
+  assert runs["epochs=x2+lr=x4"].optim.base_lr == pytest.approx(4 * base.optim.base_lr)
   assert runs["epochs=x2+batch=x0.5"].batch_size == base.batch_size // 2
   assert run_config.bank_lr_note(runs["epochs=x2+batch=x0.5"]) is None
 

@@ -32,7 +32,8 @@ and `head=mlp` are the confirmation's finished runs.
 `cpu_long` asks whether the search's faster-learning changes (double
 learning rate, half the batch) still help with twice the schedule, or only
 get further in 10 epochs: `epochs=x2` (the search's), `epochs=x2+lr=x2` and
-`epochs=x2+batch=x0.5`, seeds 0-2.
+`epochs=x2+batch=x0.5`, and `epochs=x2+lr=x4` (beyond the search's range),
+seeds 0-2.
 """
 
 import ml_collections
@@ -93,12 +94,17 @@ def tau_variants(base: ml_collections.ConfigDict) -> tuple:
 
 
 def long_variants(base: ml_collections.ConfigDict) -> tuple:
-  """Twice the epochs, alone and with the search's double learning rate or half batch."""
+  """Twice the epochs, alone and with the search's double learning rate or half batch.
+
+  And with four times the learning rate: whether the rate's optimum lies
+  beyond the search's range.
+  """
   search = dict(recipe_variants(base))
+  search["lr=x4"] = f"method=ours optim.base_lr={4 * base.optim.base_lr}"
   longer = search["epochs=x2"]
   return (("epochs=x2", longer),
           *((f"epochs=x2+{name}", longer + search[name].removeprefix("method=ours"))
-            for name in ("lr=x2", "batch=x0.5")))
+            for name in ("lr=x2", "batch=x0.5", "lr=x4")))
 
 
 # Presets that rerun variants of the cpu search with more seeds (five, or
@@ -115,7 +121,8 @@ _PAIRS = {
     # Temperature 0.05 (with the rule's bank step) against 0.1, with each head.
     "cpu_tau": (("tau=0.05+rule", "default"), ("head=mlp+tau=0.05+rule", "head=mlp")),
     # The search's 10-epoch gains of each change, now at 20 epochs.
-    "cpu_long": (("epochs=x2+lr=x2", "epochs=x2"), ("epochs=x2+batch=x0.5", "epochs=x2")),
+    "cpu_long": (("epochs=x2+lr=x2", "epochs=x2"), ("epochs=x2+batch=x0.5", "epochs=x2"),
+                 ("epochs=x2+lr=x4", "epochs=x2")),
 }
 # Twice as long a run: three seeds (seeds 0 and 1 of epochs=x2 are the search's).
 _SEEDS = {"cpu_long": (0, 1, 2)}
