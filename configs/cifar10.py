@@ -14,7 +14,10 @@ on the CPU preset it changed the final kNN by -0.03 (linear head) and
 (experiments/recipe/cpu_sqrtkl). The temperature stays 0.1: 0.05, with the
 bank's step following B tau / 2, was level with it for the linear head
 (+0.7) and 1.4 points worse for this MLP head over five seeds
-(experiments/recipe/cpu_tau).
+(experiments/recipe/cpu_tau). The learning rate stays NPID's 0.03 per 256
+images, shared by all four methods: the method's CPU runs did best at 0.4,
+the largest tried (experiments/recipe/cpu_long), and the GPU recipe search
+tests up to 0.48 before this default moves.
 """
 
 from configs import default

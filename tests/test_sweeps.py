@@ -152,6 +152,10 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
       for v in variants:
         run_config.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
     assert len(ablation.variants) == {"cpu": 14, "gpu": 16}[preset]
+    # The GPU search's learning rates reach the CPU's best (0.4 per 256 images).
+    rates = {sweep.variant_config(recipe.base, v, 0).optim.base_lr
+             for v in sweep.parse_variants(recipe.variants, recipe.base)}
+    assert max(rates) >= {"cpu": 0.2, "gpu": 0.4}[preset]
     assert len(data.variants) == 4 * len(data.fractions)
     # The recipe's head variant is the other head from its base's.
     heads = {v.name: sweep.variant_config(recipe.base, v, 0).model.head
@@ -423,6 +427,11 @@ def test_recipe_report_ranks_at_equal_epochs_and_at_equal_time(tmp_path):
   assert md.index("| slow_but_better | 45.00") < md.index("| default | 40.00")
   row = next(line for line in md.splitlines() if line.startswith("| slow_but_better | 45.00"))
   assert row.endswith("| 3 |")
+  # Without a `default` (cpu_long), changes are measured from the preset's first variant.
+  del results["default"]
+  config.results_dir = str(tmp_path / "no_default")
+  md = recipe_run.report(config, results, "cmd")
+  assert "change from `slow_but_better`" in md and "| worse | 35.00 ± 0.00 | -10.00 |" in md
 
 
 def test_a_partial_report_names_only_the_seeds_that_finished(tmp_path):

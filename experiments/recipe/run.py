@@ -6,15 +6,20 @@
 from experiments import sweep
 
 
+def reference(rows: dict) -> str:
+  """The variant the others are measured from: `default`, or the preset's first."""
+  return "default" if "default" in rows else next(iter(rows))
+
+
 def ranking(rows: dict, at_time: tuple) -> list[list[str]]:
-  """Variants from best to worst final kNN, with their equal-time kNN and rank."""
+  """Variants from best to worst final kNN, with the change from the reference's,
+  their equal-time kNN and rank."""
   by_time = sorted(rows, key=lambda n: -at_time[1][n].mean)
   ordered = sorted(rows, key=lambda n: -rows[n]["knn_top1"].mean)
-  default = rows.get("default")
+  ref = rows[reference(rows)]["knn_top1"].mean
   out = []
   for name in ordered:
-    gain = (f"{100 * (rows[name]['knn_top1'].mean - default['knn_top1'].mean):+.2f}"
-            if default else "-")
+    gain = f"{100 * (rows[name]['knn_top1'].mean - ref):+.2f}"
     out.append([name, rows[name]["knn_top1"].pct(), gain, at_time[1][name].pct(),
                 str(by_time.index(name) + 1)])
   return out
@@ -71,9 +76,9 @@ def markdown(rows: dict, at_time: tuple, meta: dict, pairs_md: str) -> str:
       f"evaluations.", "",
       *sweep.fewer_seeds_in_rows(rows, meta["seeds"]),
       sweep.variants_table(rows, at_time), "",
-      "Ranked by final kNN (equal epochs), with the change from `default` and the rank at "
-      "equal wall-clock:", "",
-      sweep.markdown_table(["variant", "final kNN", "vs default (points)",
+      f"Ranked by final kNN (equal epochs), with the change from `{reference(rows)}` and the "
+      "rank at equal wall-clock:", "",
+      sweep.markdown_table(["variant", "final kNN", f"vs {reference(rows)} (points)",
                             f"kNN at {at_time[0]:.0f} s", "rank at equal time"],
                            ranking(rows, at_time)), ""] + pairs)
 
@@ -88,7 +93,7 @@ def report(config, results: dict, command: str) -> str:
   sweep.write_results(config.results_dir, "results",
                       {**meta, "equal_time_seconds": at_time[0],
                        "knn_top1_at_equal_time": at_time[1], "pairs": pairs}, rows, md)
-  sweep.variants_plot(rows, f"{config.results_dir}/recipe.png", list(rows), "default")
+  sweep.variants_plot(rows, f"{config.results_dir}/recipe.png", list(rows), reference(rows))
   return md
 
 
