@@ -230,6 +230,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
       summary.setdefault("num_params", count_params(run_config))
       summary["seed"] = seed
       results[v.name].append(summary)
+  if not any(results.values()):
+    # Only reachable with only_finished: there is nothing to report yet.
+    raise SweepError(f"no run under {workdir} has finished yet (config.only_finished=True "
+                     "reports finished runs only); run without it to train them.")
   return results
 
 

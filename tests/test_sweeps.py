@@ -123,6 +123,10 @@ def test_only_finished_reports_without_training(tmp_path):
   results = sweep.run_sweep(config, str(tmp_path), log=lambda s: None,
                             train_fn=_fake_train(calls))
   assert calls == [] and len(results["a"]) == 1 and results["b"] == []
+  # Nothing finished: a clear error, not a report of nothing.
+  with pytest.raises(sweep.SweepError, match="no run under .* has finished yet"):
+    sweep.run_sweep(config, str(tmp_path / "empty"), log=lambda s: None,
+                    train_fn=_fake_train(calls))
 
 
 def test_aggregate_gives_mean_and_spread_over_seeds():
