@@ -64,12 +64,21 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
   )
 
 
+def both(first: str, second: str) -> str:
+  """Two variants' overrides together (each starts with `method=ours`; it is kept once)."""
+  return first + second.removeprefix("method=ours")
+
+
+def lr_variant(base: ml_collections.ConfigDict, factor: float) -> tuple:
+  """`lr=x<factor>`: the method at `factor` times the base's learning rate."""
+  return (f"lr=x{factor:g}", f"method=ours optim.base_lr={factor * base.optim.base_lr:.4g}")
+
+
 def confirm_variants(base: ml_collections.ConfigDict) -> tuple:
   """The CPU search's leaders (the same names and overrides) and the two changes together."""
   search = dict(recipe_variants(base))
   leaders = tuple((name, search[name]) for name in ("default", "head=mlp", "kl_dir=p_q"))
-  both = search["head=mlp"] + search["kl_dir=p_q"].removeprefix("method=ours")
-  return leaders + (("head=mlp+kl_dir=p_q", both),)
+  return leaders + (("head=mlp+kl_dir=p_q", both(search["head=mlp"], search["kl_dir=p_q"])),)
 
 
 def sqrtkl_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -88,9 +97,9 @@ def tau_variants(base: ml_collections.ConfigDict) -> tuple:
   """
   search = dict(recipe_variants(base))
   name = "tau=0.05+rule"
-  rule = dict(ablation_config.rule_tau_variants(base))[name].removeprefix("method=ours")
-  return (("default", search["default"]), (name, search["default"] + rule),
-          ("head=mlp", search["head=mlp"]), (f"head=mlp+{name}", search["head=mlp"] + rule))
+  rule = dict(ablation_config.rule_tau_variants(base))[name]
+  return (("default", search["default"]), (name, both(search["default"], rule)),
+          ("head=mlp", search["head=mlp"]), (f"head=mlp+{name}", both(search["head=mlp"], rule)))
 
 
 def long_variants(base: ml_collections.ConfigDict) -> tuple:
@@ -99,11 +108,10 @@ def long_variants(base: ml_collections.ConfigDict) -> tuple:
   And with four times the learning rate: whether the rate's optimum lies
   beyond the search's range.
   """
-  search = dict(recipe_variants(base))
-  search["lr=x4"] = f"method=ours optim.base_lr={4 * base.optim.base_lr}"
+  search = dict((*recipe_variants(base), lr_variant(base, 4)))
   longer = search["epochs=x2"]
   return (("epochs=x2", longer),
-          *((f"epochs=x2+{name}", longer + search[name].removeprefix("method=ours"))
+          *((f"epochs=x2+{name}", both(longer, search[name]))
             for name in ("lr=x2", "batch=x0.5", "lr=x4")))
 
 
@@ -141,9 +149,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   if preset == "gpu":
     # Found on CPU (cpu_long): the method's best learning rate there, 0.4 per
     # 256 images (the largest tried), is 13x this base's 0.03, beyond lr=x2.
-    lr = base.optim.base_lr
-    config.variants += tuple((f"lr=x{k}", f"method=ours optim.base_lr={k * lr:.2f}")
-                             for k in (4, 8, 16))
+    config.variants += tuple(lr_variant(base, k) for k in (4, 8, 16))
   if follow_up:
     # Seeds 0 and 1 of the search's variants are the cpu preset's runs.
     config.seeds = _SEEDS.get(preset, (0, 1, 2, 3, 4))
