@@ -86,7 +86,7 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   import numpy as np
   from configs import default
   from ssl_jax import augment as augment_lib
-  from ssl_jax import devices, optim, run_config, train
+  from ssl_jax import builders, devices, methods, optim
 
   config = default.set_method(copy.deepcopy(base), method)
   config.model.name, config.model.width = model_name, float(width)
@@ -95,24 +95,24 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   nd = jax.local_device_count()
   b = batch // nd
   n = int(cfg.bank_rows)
-  model = train.build_model(config)
+  model = builders.build_model(config)
   tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
       config.optim, batch, max(n // batch, 1), 100))
-  state = train.initial_state(config, model, tx, n)
-  state = train.place_state(config, state)
-  step_fn = train.make_train_step(config, model, tx, 10_000, n)
+  state = builders.initial_state(config, model, tx, n)
+  state = builders.place_state(config, state)
+  step_fn = builders.make_train_step(config, model, tx, 10_000, n)
   p_step = jax.pmap(step_fn, axis_name=devices.AXIS, donate_argnums=(0,))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (nd, b, 32, 32, 3), dtype=np.uint8)
   index = rng.choice(n, size=(nd, b), replace=False).astype(np.int32)
   inputs = {"image": images, "index": index}
   if not augment:
-    aug_cfg = train.augment_config(config)
+    aug_cfg = builders.augment_config(config)
     aug = jax.jit(augment_lib.augment_batch, static_argnums=3)
     flat_img, flat_idx = images.reshape(-1, 32, 32, 3), index.reshape(-1)
     views = [np.asarray(aug(jax.random.PRNGKey(v), flat_img, flat_idx, aug_cfg))
              for v in (0, 1)]
-    if method in run_config.BANK_METHODS:
+    if methods.get(method).num_views == 1:
       inputs = {"image": views[0].reshape(nd, b, *views[0].shape[1:]), "index": index}
     else:
       inputs = {"views": np.stack(views, 1).reshape(nd, 2, b, *views[0].shape[1:]),
@@ -148,7 +148,7 @@ def bank_benchmark(n: int, d: int, batch: int, limit_gb: float, repeats: int = 5
 
   Both ways the train step can take it: `autodiff` (jax.value_and_grad through
   the loss, then `bank_transition`, what config.bank.fused=False runs) and
-  `fused` (`bank_method.fused_loss_and_transition`, one softmax pass). The two
+  `fused` (`bank_objective.fused_loss_and_transition`, one softmax pass). The two
   alternate for `rounds` rounds of `repeats` calls; each reports its median
   round, so machine noise hits both alike.
   """
@@ -156,24 +156,24 @@ def bank_benchmark(n: int, d: int, batch: int, limit_gb: float, repeats: int = 5
   import numpy as np
   from ssl_jax import bank as bank_lib
   from ssl_jax import losses
-  from ssl_jax.methods import bank_method
+  from ssl_jax import bank_objective
   # Bank, new bank, logits and their gradient are the big buffers (float32).
   estimate = 4 * (2 * n * d + 3 * batch * n)
   row = {"bank_rows": n, "dim": d, "batch": batch, "estimated_bytes": estimate,
          "bank_bytes": n * d * 4}
   if estimate > limit_gb * 2 ** 30:
     return {**row, "skipped": f"needs about {estimate / 2 ** 30:.1f} GiB > {limit_gb} GiB limit"}
-  cfg = bank_method.BankMethodConfig()
+  cfg = bank_objective.BankMethodConfig()
 
   def autodiff(z, bank, idx):
     def loss(z):
       s = losses.bank_logits(z, bank, cfg.temperature)
-      return bank_method.loss_from_logits(s, idx, cfg)[0], s
+      return bank_objective.loss_from_logits(s, idx, cfg)[0], s
     (value, s), dz = jax.value_and_grad(loss, has_aux=True)(z)
-    return value, dz, bank_method.bank_transition(bank, z, s, idx, cfg, None)
+    return value, dz, bank_objective.bank_transition(bank, z, s, idx, cfg, None)
 
   def fused(z, bank, idx):
-    metrics, dz, new = bank_method.fused_loss_and_transition(z, bank, idx, cfg, None)
+    metrics, dz, new = bank_objective.fused_loss_and_transition(z, bank, idx, cfg, None)
     return metrics["loss"], dz, new
 
   key = jax.random.PRNGKey(0)

@@ -8,6 +8,8 @@ import os
 
 import ml_collections
 
+from ssl_jax import methods
+
 # The shared CIFAR-10 JPEG archive beside a checkout of this repository.
 SHARED_CIFAR10 = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -24,32 +26,15 @@ def cifar10_source() -> tuple[str, str]:
   return "tfds:cifar10", f"{SHARED_CIFAR10} not found, so TFDS cifar10 (downloads once)"
 
 
-METHODS = ("ours", "npid", "simclr", "byol")
-
-
 def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
   """Sets config.method and the fields that define it (the rest stays shared).
 
-  ours:   calibrated bank, gradient bank update, SqrtKL (METHOD.md defaults).
-  npid:   random bank, momentum update (m = 0.5), cross-entropy only, tau 0.07,
-          linear projection head.
-  simclr: two views, NT-Xent (config.simclr), MLP projection head.
-  byol:   two views, EMA target (config.byol), MLP projector and predictor.
+  Each method's registry entry says which fields those are
+  (`ssl_jax/methods/`, its `configure`): `ours` keeps these defaults (METHOD.md);
+  the baselines set their bank, loss and head choices.
   """
-  if method not in METHODS:
-    raise ValueError(f"config.method must be one of {list(METHODS)}, got {method!r}.")
+  methods.get(method).configure(config)   # ValueError naming the registered methods
   config.method = method
-  if method == "npid":
-    config.bank.init = "random"
-    config.bank.update_rule = "momentum"
-    config.bank.momentum = 0.5
-    config.loss.kl_weight = 0.0
-    config.loss.temperature = 0.07
-    # NPID's own projection, also when the base is a recipe whose method uses
-    # an MLP head (configs/cifar10.py).
-    config.model.head = "linear"
-  elif method in ("simclr", "byol"):
-    config.model.head = "mlp"
   return config
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 
 from configs import default
+from ssl_jax import methods
 
 # Fields that say where things are or how often to log, not what is trained.
 IGNORED_FIELDS = ("data.source_reason", "data.cache_dir", "data.tfds_data_dir",
@@ -110,8 +111,8 @@ def parse_variants(spec: Sequence[Sequence[str]],
       if not sep:
         raise SweepError(f"variant {name!r}: {item!r} is not field=value.")
       if field == "method":
-        if value not in default.METHODS:
-          raise SweepError(f"variant {name!r}: method must be one of {list(default.METHODS)}, "
+        if value not in methods.names():
+          raise SweepError(f"variant {name!r}: method must be one of {list(methods.names())}, "
                            f"got {value!r}.")
         overrides.append((field, value))
         continue
@@ -241,8 +242,8 @@ def count_params(config: ml_collections.ConfigDict) -> dict:
   """Parameter counts {backbone, total} of a config's model, without computing anything."""
   import jax
   import jax.numpy as jnp
-  from ssl_jax import train
-  model = train.build_model(config, bn_axis_name=None)
+  from ssl_jax import builders
+  model = builders.build_model(config, bn_axis_name=None)
   shape = (1, config.data.image_size, config.data.image_size, 3)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                 jnp.zeros(shape), train=False))

@@ -1,20 +1,17 @@
 """Evaluation: feature extraction, weighted kNN and a linear probe on frozen features.
 
-Usable on its own from a checkpoint:
+A library: the training loop and the command lines call it. The command
 
     python -m ssl_jax.evaluate --workdir runs/c10
 
-restores the latest checkpoint of the run in `--workdir` (with the config the
-run saved there), prints kNN and linear top-1 and writes `<workdir>/eval.json`.
+(`ssl_jax.cli.evaluate_command`) restores the latest checkpoint of the run in
+`--workdir` (with the config the run saved there), prints kNN and linear
+top-1 and writes `<workdir>/eval.json`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import sys
-import time
 from typing import Callable, Optional
 
 import jax
@@ -194,28 +191,7 @@ def evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y, eval_cf
   return out
 
 
-def main(argv) -> None:
-  """CLI: evaluate the latest checkpoint of a training workdir."""
-  from absl import flags, logging
-  from ssl_jax import checkpoint, run_files, train  # the shell that rebuilds a run
-  workdir = flags.FLAGS.workdir
-  logging.set_verbosity(logging.INFO if flags.FLAGS.debug else logging.WARNING)
-  t0 = time.time()
-  try:
-    result = train.evaluate_checkpoint(workdir)
-  except (ValueError, FileNotFoundError, ImportError, checkpoint.CheckpointError) as e:
-    if flags.FLAGS.debug:
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  result["wall_seconds"] = time.time() - t0
-  run_files.write_json_atomic(os.path.join(workdir, "eval.json"), result)
-  print(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints/.")
-  flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  # The command line lives with the shell (ssl_jax/cli.py); this module is a library.
+  from ssl_jax import cli
+  cli.evaluate_command()

@@ -8,12 +8,11 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) join through
 `ssl_jax.distributed` before training.
 """
 
-import sys
-
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from ssl_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and summary.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
@@ -25,25 +24,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Library INFO logs (orbax writes several lines per checkpoint) drown the
-  # progress bar; --debug brings them back.
-  logging.set_verbosity(logging.INFO if _DEBUG.value else logging.WARNING)
+  cli.quiet_libraries(_DEBUG.value)
   # Imported after flag parsing: keeps `--help` fast.
-  from ssl_jax import checkpoint, distributed, preemption, train
-  try:
+  from ssl_jax import distributed, train
+
+  def run() -> None:
     joined = distributed.initialize()
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
     if joined:
       distributed.finish()
-  except preemption.Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr)
-    sys.exit(preemption.EXIT_CODE)
-  except (ValueError, FileNotFoundError, FloatingPointError, ImportError,
-          checkpoint.CheckpointError) as e:
-    if _DEBUG.value:
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.run_guarded(run, _DEBUG.value)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import numpy as np
 
 from ssl_jax import bank as bank_lib
 from ssl_jax import losses
-from ssl_jax.methods import bank_method
-from ssl_jax.methods.bank_method import BankMethodConfig
+from ssl_jax import bank_objective
+from ssl_jax.bank_objective import BankMethodConfig
 
 
 def shard_rows(num_examples: int, num_devices: int) -> int:
@@ -57,7 +57,7 @@ def join_bank(shards: np.ndarray, num_examples: int) -> np.ndarray:
 
 
 def check_supported(cfg: BankMethodConfig) -> None:
-  bank_method.check_closed_form(cfg, "bank.sharded")
+  bank_objective.check_closed_form(cfg, "bank.sharded")
 
 
 def _global_logsumexp(s: jax.Array, axis_name: str) -> jax.Array:

@@ -38,13 +38,13 @@ def tiny_config(method="ours", **overrides):
 
 def setup_training(config):
   """(train split, model, optimizer, host state with the initial bank) of a config."""
-  from ssl_jax import data as data_lib, optim, train  # heavy: only where used
-  train_split, _, _ = train.load_data(config, log=lambda *a: None)
-  model = train.build_model(config)
+  from ssl_jax import builders, data as data_lib, optim  # heavy: only where used
+  train_split, _, _ = builders.load_data(config, log=lambda *a: None)
+  model = builders.build_model(config)
   spe = data_lib.steps_per_epoch(train_split.num_examples, config.batch_size)
   tx = optim.create_optimizer(config.optim, optim.learning_rate_schedule(
       config.optim, config.batch_size, spe, config.num_epochs))
-  state = train.init_bank(config, train.initial_state(config, model, tx,
+  state = builders.init_bank(config, builders.initial_state(config, model, tx,
                                                       train_split.num_examples),
                           train_split, log=lambda *a: None)
   return train_split, model, tx, state

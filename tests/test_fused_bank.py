@@ -14,8 +14,9 @@ from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
 from ssl_jax import losses
 from ssl_jax import run_config
-from ssl_jax import train
-from ssl_jax.methods import bank_method
+from ssl_jax import builders
+from ssl_jax import steps
+from ssl_jax import bank_objective
 from tests import reference as ref
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
@@ -34,11 +35,11 @@ def _problem(b, n, d=16, seed=0, lead=()):
                                               ("momentum", 1.0), ("momentum", 0.0)])
 def test_fused_pass_matches_float64_reference(update, kl_weight):
   t, lr, m = 0.1, 3.0, 0.5
-  cfg = bank_method.BankMethodConfig(temperature=t, kl_weight=kl_weight, update=update,
+  cfg = bank_objective.BankMethodConfig(temperature=t, kl_weight=kl_weight, update=update,
                                      bank_lr=lr, momentum=m, fused=True)
   z, bank, idx = _problem(6, 50)
   metrics, dz, new = jax.jit(
-      lambda z, v, i: bank_method.fused_loss_and_transition(z, v, i, cfg, None))(z, bank, idx)
+      lambda z, v, i: bank_objective.fused_loss_and_transition(z, v, i, cfg, None))(z, bank, idx)
   s = ref.bank_logits(z, bank, t)
   ce, skl = ref.instance_ce(s, idx), ref.sqrt_kl(s)
   np.testing.assert_allclose(metrics["ce"], ce, rtol=1e-5)
@@ -57,14 +58,14 @@ def test_fused_pass_matches_float64_reference(update, kl_weight):
 
 
 def test_fused_gradient_equals_autodiff_of_the_loss():
-  cfg = bank_method.BankMethodConfig(temperature=0.07, kl_weight=1.0, bank_lr=2.0)
+  cfg = bank_objective.BankMethodConfig(temperature=0.07, kl_weight=1.0, bank_lr=2.0)
   z, bank, idx = _problem(8, 300, d=32, seed=1)
 
   def loss(z):
-    return bank_method.loss_from_logits(losses.bank_logits(z, bank, cfg.temperature), idx, cfg)[0]
+    return bank_objective.loss_from_logits(losses.bank_logits(z, bank, cfg.temperature), idx, cfg)[0]
 
   value, grad = jax.value_and_grad(loss)(z)
-  metrics, dz, _ = bank_method.fused_loss_and_transition(z, bank, idx, cfg, None)
+  metrics, dz, _ = bank_objective.fused_loss_and_transition(z, bank, idx, cfg, None)
   np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
   np.testing.assert_allclose(dz, grad, rtol=1e-4, atol=1e-7)
   assert np.abs(np.asarray(grad)).max() > 1e-3
@@ -74,18 +75,18 @@ def test_fused_gradient_equals_autodiff_of_the_loss():
 def test_fused_pass_under_pmap_equals_the_unfused_transition(update):
   d = jax.local_device_count()
   assert d == 4
-  cfg = bank_method.BankMethodConfig(temperature=0.1, kl_weight=1.0, update=update, bank_lr=3.0)
+  cfg = bank_objective.BankMethodConfig(temperature=0.1, kl_weight=1.0, update=update, bank_lr=3.0)
   z, bank, idx = _problem(3, 40, lead=(d,), seed=2)
 
   def unfused(z, bank, idx):
     def loss(z):
       s = losses.bank_logits(z, bank, cfg.temperature)
-      return bank_method.loss_from_logits(s, idx, cfg)[0], s
+      return bank_objective.loss_from_logits(s, idx, cfg)[0], s
     (value, s), dz = jax.value_and_grad(loss, has_aux=True)(z)
-    return value, dz, bank_method.bank_transition(bank, z, s, idx, cfg, AXIS)
+    return value, dz, bank_objective.bank_transition(bank, z, s, idx, cfg, AXIS)
 
   def fused(z, bank, idx):
-    metrics, dz, new = bank_method.fused_loss_and_transition(z, bank, idx, cfg, AXIS)
+    metrics, dz, new = bank_objective.fused_loss_and_transition(z, bank, idx, cfg, AXIS)
     return metrics["loss"], dz, new
 
   run = lambda f: jax.pmap(f, axis_name=AXIS, in_axes=(0, None, 0))(z, bank, idx)
@@ -97,15 +98,15 @@ def test_fused_pass_under_pmap_equals_the_unfused_transition(update):
 
 
 def test_fused_refuses_sqrt_kl_variants_without_a_closed_form():
-  cfg = bank_method.BankMethodConfig(fused=True)
+  cfg = bank_objective.BankMethodConfig(fused=True)
   assert cfg.closed_form
   assert dataclasses.replace(cfg, kl_weight=0.0, kl_direction="p_q").closed_form
   for bad in (dict(kl_direction="p_q"), dict(kl_stop_gradient=False)):
     with pytest.raises(ValueError, match="bank.fused"):
-      bank_method.check_closed_form(dataclasses.replace(cfg, **bad), "bank.fused")
+      bank_objective.check_closed_form(dataclasses.replace(cfg, **bad), "bank.fused")
     z, bank, idx = _problem(2, 10)
     with pytest.raises(ValueError, match="bank.fused"):
-      bank_method.fused_loss_and_transition(z, bank, idx, dataclasses.replace(cfg, **bad), None)
+      bank_objective.fused_loss_and_transition(z, bank, idx, dataclasses.replace(cfg, **bad), None)
   config = tiny_config(**{"bank.fused": True, "loss.kl_stop_gradient": False})
   with pytest.raises(run_config.ConfigError, match=r"config\.bank\.fused=True"):
     run_config.validate_config(config, 1)
@@ -123,15 +124,15 @@ def test_fused_train_step_equals_the_autodiff_step(method):
   results = {}
   for fused in (False, True):
     config.bank.fused = fused
-    step = jax.pmap(train.make_train_step(config, model, tx, 20), axis_name=AXIS)
-    state = train.place_state(config, state0)
+    step = jax.pmap(builders.make_train_step(config, model, tx, 20), axis_name=AXIS)
+    state = builders.place_state(config, state0)
     batches = data_lib.train_batches(split, global_batch=config.batch_size,
                                      num_local_devices=jax.local_device_count(), seed=0,
                                      epoch=0)
     for _, batch in zip(range(3), batches):
       state, sums = step(state, {"image": batch["image"], "index": batch["index"]})
-    results[fused] = (train.host_state(config, state, split.num_examples),
-                      train.reduce_metrics(sums))
+    results[fused] = (builders.host_state(config, state, split.num_examples),
+                      steps.reduce_metrics(sums))
   (ref_state, m_ref), (got, m) = results[False], results[True]
   for key in ("loss", "ce", "sqrt_kl", "pos_prob"):
     np.testing.assert_allclose(m[key], m_ref[key], rtol=1e-5, atol=1e-7, err_msg=key)

@@ -21,7 +21,8 @@ import pytest
 
 from ssl_jax import checkpoint
 from ssl_jax import run_files
-from ssl_jax import train
+from ssl_jax import builders
+from ssl_jax import optim
 from tests.helpers import CIFAR10, needs_cifar10, setup_training, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,9 +144,9 @@ def test_damaged_checkpoints_fall_back_or_stop(reference_run, tmp_path):
     if f.is_file() and f.name not in ("commit_success.txt", "_CHECKPOINT_METADATA"):
       f.write_bytes(f.read_bytes()[:7])
   config = tiny_config(**{"num_epochs": 3, "checkpoint_every_steps": 5})
-  split, _, _ = train.load_data(config, log=lambda *a: None)
-  model = train.build_model(config)
-  template = train.initial_state(config, model, train.optim.create_optimizer(
+  split, _, _ = builders.load_data(config, log=lambda *a: None)
+  model = builders.build_model(config)
+  template = builders.initial_state(config, model, optim.create_optimizer(
       config.optim, lambda s: 0.1), len(split))
   messages = []
   state = checkpoint.restore_latest(checkpoint.create_manager(str(workdir)), template,

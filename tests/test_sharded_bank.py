@@ -11,8 +11,11 @@ from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
 from ssl_jax import run_config
 from ssl_jax import sharded_bank
+from ssl_jax import builders
+from ssl_jax import optim
+from ssl_jax import steps
 from ssl_jax import train
-from ssl_jax.methods import bank_method
+from ssl_jax import bank_objective
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
 D = 4
@@ -32,12 +35,12 @@ def _unsharded(z, bank, idx, cfg):
   """The replicated reference: per-device loss, its gradient in z, the bank transition."""
   def per_device(z, bank, idx):
     def loss(z):
-      s = bank_method.losses.bank_logits(z, bank, cfg.temperature)
-      total, (ce, skl) = bank_method.loss_from_logits(s, idx, cfg)
+      s = bank_objective.losses.bank_logits(z, bank, cfg.temperature)
+      total, (ce, skl) = bank_objective.loss_from_logits(s, idx, cfg)
       pos = jnp.take_along_axis(jax.nn.log_softmax(s), idx[:, None], 1)
       return total, (ce, skl, jnp.mean(jnp.exp(pos)), s)
     (total, (ce, skl, pos_prob, s)), dz = jax.value_and_grad(loss, has_aux=True)(z)
-    new = bank_method.bank_transition(bank, z, s, idx, cfg, AXIS)
+    new = bank_objective.bank_transition(bank, z, s, idx, cfg, AXIS)
     metrics = {"loss": total, "ce": ce, "sqrt_kl": skl, "pos_prob": pos_prob}
     return jax.lax.pmean(metrics, AXIS), dz, new
   return jax.pmap(per_device, axis_name=AXIS, in_axes=(0, None, 0))(z, bank, idx)
@@ -54,7 +57,7 @@ def _sharded(z, bank, idx, cfg):
                                               ("momentum", 1.0)])
 def test_sharded_bank_equals_replicated_bank(n, update, kl_weight):
   assert jax.local_device_count() == D
-  cfg = bank_method.BankMethodConfig(temperature=0.1, kl_weight=kl_weight, update=update,
+  cfg = bank_objective.BankMethodConfig(temperature=0.1, kl_weight=kl_weight, update=update,
                                      bank_lr=3.0, momentum=0.5)
   z, bank, idx = _inputs(n)
   m_ref, dz_ref, bank_ref = _unsharded(z, bank, idx, cfg)
@@ -73,7 +76,7 @@ def test_sharded_bank_equals_replicated_bank(n, update, kl_weight):
 
 def test_tiny_bank_with_empty_last_shard():
   # N = 5 on 4 devices: n = 2, the last device holds padding only.
-  cfg = bank_method.BankMethodConfig(temperature=0.2, kl_weight=1.0, bank_lr=1.0)
+  cfg = bank_objective.BankMethodConfig(temperature=0.2, kl_weight=1.0, bank_lr=1.0)
   z, bank, idx = _inputs(5, b=1)
   m_ref, dz_ref, bank_ref = _unsharded(z, bank, idx, cfg)
   m, dz, shards = _sharded(z, bank, idx, cfg)
@@ -91,7 +94,7 @@ def test_split_and_join_are_inverse():
 
 
 def test_unsupported_sqrt_kl_variants_are_refused():
-  cfg = bank_method.BankMethodConfig()
+  cfg = bank_objective.BankMethodConfig()
   sharded_bank.check_supported(cfg)
   sharded_bank.check_supported(dataclasses.replace(cfg, kl_weight=0.0, kl_direction="p_q"))
   for bad in (dict(kl_direction="p_q"), dict(kl_stop_gradient=False)):
@@ -109,13 +112,13 @@ def test_sharded_train_step_equals_replicated_step(update_rule):
   results = {}
   for sharded in (False, True):
     config.bank.sharded = sharded
-    step = jax.pmap(train.make_train_step(config, model, tx, 20, n), axis_name=AXIS)
-    state = train.place_state(config, state0)
+    step = jax.pmap(builders.make_train_step(config, model, tx, 20, n), axis_name=AXIS)
+    state = builders.place_state(config, state0)
     batches = data_lib.train_batches(split, global_batch=config.batch_size,
                                      num_local_devices=D, seed=0, epoch=0)
     for _, batch in zip(range(3), batches):
       state, sums = step(state, {"image": batch["image"], "index": batch["index"]})
-    results[sharded] = (train.host_state(config, state, n), train.reduce_metrics(sums))
+    results[sharded] = (builders.host_state(config, state, n), steps.reduce_metrics(sums))
   (ref, m_ref), (got, m) = results[False], results[True]
   assert got.bank.shape == ref.bank.shape == (n, config.model.embed_dim)
   np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-5)

@@ -9,12 +9,16 @@ import pytest
 from ssl_jax import data as data_lib
 from ssl_jax import devices as devices_lib
 from ssl_jax import run_config
+from ssl_jax import augment
+from ssl_jax import builders
+from ssl_jax import optim
+from ssl_jax import steps
 from ssl_jax import train
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
 
 def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
-  step_fn = train.make_train_step(config, model, tx, total_steps=20)
+  step_fn = builders.make_train_step(config, model, tx, total_steps=20)
 
   def counted(state, batch):
     trace_counter.append(1)  # runs once per trace, never per execution
@@ -26,7 +30,7 @@ def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
                                    num_local_devices=len(devices), seed=0, epoch=0)
   for _, batch in zip(range(num_steps), batches):
     state, sums = p_step(state, {"image": batch["image"], "index": batch["index"]})
-  return state, train.reduce_metrics(sums)
+  return state, steps.reduce_metrics(sums)
 
 
 @needs_cifar10
@@ -67,14 +71,14 @@ def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_ru
 def test_host_augmentation_gives_the_same_step_as_on_device():
   config = tiny_config()
   split, model, tx, state = setup_training(config)
-  aug_cfg = train.augment_config(config)
+  aug_cfg = builders.augment_config(config)
   batch = next(data_lib.train_batches(split, global_batch=64, num_local_devices=1, seed=0,
                                       epoch=0))
   batch = {"image": batch["image"], "index": batch["index"]}
-  host = train.make_host_augment(aug_cfg, np.asarray(state.rng))(batch, 0)
+  host = builders.make_host_augment(aug_cfg, np.asarray(state.rng))(batch, 0)
   assert host["image"].dtype == np.float32 and host["image"].shape == (1, 64, 32, 32, 3)
-  on_device = jax.pmap(lambda b, rng: train.augment.augment_batch(
-      train.step_key(rng, 0), b["image"], b["index"], aug_cfg), in_axes=(0, None),
+  on_device = jax.pmap(lambda b, rng: augment.augment_batch(
+      steps.step_key(rng, 0), b["image"], b["index"], aug_cfg), in_axes=(0, None),
       devices=jax.local_devices()[:1])(batch, state.rng)
   np.testing.assert_allclose(host["image"], on_device, atol=1e-5)
 
@@ -103,9 +107,9 @@ def test_resident_rows_gather_each_process_its_own_instances():
   """data.on_device with several processes: unequal shares pad to one shape, and
   every step gathers, on each device, exactly the instances of its index table."""
   n, nd, batch = 505, jax.local_device_count(), 64  # 2 shards of 252 and 253 rows
-  steps = data_lib.steps_per_epoch(n, batch, 2)
+  num_steps = data_lib.steps_per_epoch(n, batch, 2)
   step_state = collections.namedtuple("StepState", "step")
-  p_step = jax.pmap(train.make_indexed_step(lambda state, b: b, steps),
+  p_step = jax.pmap(steps.make_indexed_step(lambda state, b: b, num_steps),
                     axis_name=devices_lib.AXIS)
   for process in (0, 1):
     layout = data_lib.Layout(n, num_shards=2, process_index=process, process_count=2)
@@ -114,12 +118,12 @@ def test_resident_rows_gather_each_process_its_own_instances():
     images = np.zeros((len(ids), 2, 2, 3), np.uint8)
     images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
     split = data_lib.Split(images, np.zeros(len(ids), np.int32), ("a",), layout=layout)
-    resident = train.resident_split(split)
+    resident = builders.resident_split(split)
     assert resident.shape == (nd, 253, 2, 2, 3)
     table = np.swapaxes(data_lib.epoch_indices(layout, global_batch=batch, num_local_devices=nd,
                                                seed=0, epoch=3), 0, 1)  # [D, steps, b]
     placed = devices_lib.place({"index": table, "row": table - np.int32(split.offset)})
-    for t in range(steps):
+    for t in range(num_steps):
       out = p_step(step_state(np.full(nd, t, np.int32)), placed, resident)
       got = np.asarray(out["image"][..., 0, 0, 0], np.int64) * 256 + np.asarray(
           out["image"][..., 0, 0, 1])
@@ -137,4 +141,4 @@ def test_device_resident_data_too_large_for_the_device_is_refused(tmp_path, monk
     train.train_and_evaluate(tiny_config(**{"data.on_device": True}), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()  # refused before anything was built
   monkeypatch.setattr(devices_lib, "memory_limit_bytes", lambda: 4_000_000)
-  train.check_resident_fits(train.load_data(tiny_config(), lambda *a: None)[0])
+  builders.check_resident_fits(builders.load_data(tiny_config(), lambda *a: None)[0])

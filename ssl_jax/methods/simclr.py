@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from ssl_jax import augment
+from ssl_jax import devices
+from ssl_jax import steps
+from ssl_jax.methods.base import Method
+from ssl_jax.state import TrainState
 
 
 def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
@@ -45,3 +53,42 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
   logits = logits.at[rows, self_col].set(-jnp.inf)
   logp = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(logp[rows, pos_col])
+
+
+def simclr_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+                aug_cfg: augment.AugmentConfig, temperature: float,
+                axis_name: Optional[str] = devices.AXIS) -> tuple[TrainState, dict]:
+  """One SimCLR step; same contract as `ssl_jax.methods.bank.bank_step`.
+
+  Both views of the b images go through the encoder as one [2b] batch, so
+  BatchNorm sees both (and, with sync BN, the global batch of views).
+  """
+  x = steps.two_views(state, batch, aug_cfg)
+  b = batch["index"].shape[0]
+
+  def loss_fn(params):
+    (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                  train=True, mutable=["batch_stats"])
+    return nt_xent(z[:b], z[b:], temperature, axis_name), updates["batch_stats"]
+
+  return steps.loss_step(state, loss_fn, b, tx=tx, axis_name=axis_name)
+
+
+def make_step(ctx: steps.StepContext) -> steps.StepFn:
+  return functools.partial(simclr_step, model=ctx.model, tx=ctx.tx, aug_cfg=ctx.aug_cfg,
+                           temperature=float(ctx.config.simclr.temperature),
+                           axis_name=ctx.axis_name)
+
+
+def validate(config) -> None:
+  if not config.simclr.temperature > 0:
+    raise ValueError(f"config.simclr.temperature must be > 0, got {config.simclr.temperature}.")
+
+
+def configure(config) -> None:
+  """SimCLR's MLP projection head (the temperature is config.simclr.temperature)."""
+  config.model.head = "mlp"
+
+
+SIMCLR = Method(name="simclr", summary="SimCLR: two views, NT-Xent over the global batch",
+                make_step=make_step, num_views=2, configure=configure, validate=validate)

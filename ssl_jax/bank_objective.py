@@ -1,8 +1,9 @@
-"""The single-branch bank method (METHOD.md): the paper's method and NPID in one.
+"""The objective of the single-branch bank methods (METHOD.md) and its bank transition.
 
-Both discriminate one view per image against the memory bank; they differ only
-in configuration: bank init (`random`/`calibrated`), bank update
-(`momentum`/`grad`) and the SqrtKL weight (0 for NPID).
+One view per image is discriminated against the memory bank; the methods
+built on it (`ssl_jax/methods/bank.py`) differ only in configuration: bank
+init (`random`/`calibrated`), bank update (`momentum`/`grad`) and the SqrtKL
+weight. Everything here is a pure function of arrays and a static config.
 """
 
 from __future__ import annotations

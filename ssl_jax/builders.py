@@ -1,0 +1,246 @@
+"""From a config to the objects a run is made of: data, model, step, state, placement.
+
+Nothing here loops over epochs or writes files; `ssl_jax.train` (the loop)
+and the command lines call these. Method-specific choices come from the
+method's registry entry (`ssl_jax.methods`), never from its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import augment
+from ssl_jax import bank as bank_lib
+from ssl_jax import data as data_lib
+from ssl_jax import devices
+from ssl_jax import evaluate
+from ssl_jax import methods
+from ssl_jax import models
+from ssl_jax import optim
+from ssl_jax import sharded_bank
+from ssl_jax import steps
+from ssl_jax.run_config import ConfigError, num_shards
+from ssl_jax.state import TrainState, create_train_state
+
+
+def augment_config(config) -> augment.AugmentConfig:
+  a = config.augment
+  return augment.AugmentConfig(
+      out_size=int(config.data.image_size), mean=tuple(config.data.mean),
+      std=tuple(config.data.std), crop_scale=tuple(a.crop_scale), flip=bool(a.flip),
+      jitter=tuple(a.jitter), jitter_prob=float(a.jitter_prob), gray_prob=float(a.gray_prob),
+      blur_prob=float(a.blur_prob))
+
+
+def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
+  """The encoder of `config.model`, with the heads its method asks for."""
+  m = config.model
+  return models.create_encoder(
+      m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim, dtype=m.dtype,
+      bn_axis_name=bn_axis_name, head=m.head, head_hidden=m.head_hidden,
+      **methods.get(config.method).model_options(config))
+
+
+def build_optimizer(config, steps_per_epoch: int):
+  """(learning-rate schedule, optax optimizer) of `config.optim` over the run."""
+  schedule = optim.learning_rate_schedule(config.optim, int(config.batch_size), steps_per_epoch,
+                                          config.num_epochs)
+  return schedule, optim.create_optimizer(config.optim, schedule)
+
+
+def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0,
+                    axis_name: Optional[str] = devices.AXIS) -> steps.StepFn:
+  """The method's pure step `(state, batch) -> (state, metric sums)`, ready to pmap.
+
+  num_examples (N) is needed by methods with a bank (the sharded bank's rows).
+  """
+  ctx = steps.StepContext(config=config, model=model, tx=tx, aug_cfg=augment_config(config),
+                          total_steps=total_steps, num_examples=num_examples,
+                          axis_name=axis_name)
+  return methods.get(config.method).make_step(ctx)
+
+
+def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
+  """This process's rows of the (train, test) subsets, and the count of skipped files."""
+  kw = dict(seed=config.data.subset_seed, num_shards=num_shards(config),
+            process_index=jax.process_index(), process_count=jax.process_count(), log=log)
+  train, skipped = data_lib.load_shard(config.data, config.data.train_split,
+                                       fraction=config.data.fraction, **kw)
+  test, skipped_test = data_lib.load_shard(config.data, config.data.test_split,
+                                           fraction=config.data.test_fraction, **kw)
+  return train, test, skipped + skipped_test
+
+
+def count_classes(train: data_lib.Split, test: data_lib.Split) -> int:
+  """Classes over both splits and every process."""
+  if train.class_names:
+    return len(train.class_names)
+  local = np.asarray([max(train.labels.max(), test.labels.max())], np.int32)
+  return int(devices.gather_processes(local, [1] * jax.process_count()).max() + 1)
+
+
+def initial_state(config, model, tx, num_examples: int) -> TrainState:
+  """Fresh encoder and optimizer state around an all-zero [N, d] bank (see `init_bank`).
+
+  Methods without a bank carry an unused [1, d] placeholder (orbax cannot
+  save empty arrays); the method's own state comes from its `init_extra`.
+  """
+  method = methods.get(config.method)
+  size = int(config.data.image_size)
+  rows = num_examples if method.uses_bank else 1
+  bank = jnp.zeros((rows, int(config.model.embed_dim)), jnp.float32)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (size, size, 3), bank)
+  return state.replace(extra=method.init_extra(state))
+
+
+def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> TrainState:
+  """The bank of `config.bank.init`: random rows, or one pass of the untrained network."""
+  n, d = state.bank.shape
+  if not methods.get(config.method).uses_bank:
+    return state
+  if config.bank.init == "random":
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    return state.replace(bank=bank_lib.random_bank(key, n, d))
+  log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
+      f"(BatchNorm in {config.bank.calibrate_bn} mode)")
+  # Every process embeds its own rows; the gathered z is the whole bank, in
+  # instance order, on every process.
+  p_embed = evaluate.make_embed_fn(build_model(config), augment_config(config),
+                                   batch_norm=config.bank.calibrate_bn)
+  _, z = evaluate.extract_features(p_embed, devices.replicate(steps.variables(state)), train,
+                                   batch_size=config.eval.batch_size,
+                                   num_devices=jax.local_device_count(), desc="calibrating")
+  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(z, jnp.float32)))
+
+
+def is_sharded(config) -> bool:
+  return methods.get(config.method).uses_bank and bool(config.bank.get("sharded", False))
+
+
+def place_state(config, state: TrainState) -> TrainState:
+  """Host state (full [N, d] bank) -> per-device state [D, ...].
+
+  Everything is replicated, except a sharded bank: device k gets rows
+  [k n, (k + 1) n) (ssl_jax.sharded_bank).
+  """
+  if not is_sharded(config):
+    return devices.replicate(state)
+  bank = np.asarray(jax.device_get(state.bank))
+  placed = devices.replicate(state.replace(bank=bank[:1]))
+  return placed.replace(bank=devices.distribute(
+      sharded_bank.split_bank(bank, jax.device_count())))
+
+
+def host_state(config, state: TrainState, num_examples: int) -> TrainState:
+  """Per-device state -> one host copy with the full [N, d] bank (for checkpoints).
+
+  A sharded bank is gathered from every device of every process, so its
+  checkpoints are the same as an unsharded run's (either can resume the other).
+  """
+  host = devices.unreplicate(state)
+  if is_sharded(config):
+    host = host.replace(bank=sharded_bank.join_bank(devices.all_rows(state.bank), num_examples))
+  return host
+
+
+def check_replicas(state: TrainState, include_bank: bool = True) -> bool:
+  """Whether every replica, in every process, holds bit-identical params, stats and bank.
+
+  Compares a digest of each local replica, then the digests of all processes.
+  A sharded bank (different rows per device) is left out.
+  """
+  from jax.experimental import multihost_utils
+
+  def digest(tree) -> int:
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+      h.update(np.ascontiguousarray(leaf).tobytes())
+    return int.from_bytes(h.digest()[:4], "little")
+
+  tree = (state.params, state.batch_stats, state.bank if include_bank else None)
+  rows = jax.tree_util.tree_map(devices.local_rows, tree)
+  local = {digest(jax.tree_util.tree_map(lambda x: x[r], rows))
+           for r in range(jax.local_device_count())}
+  if len(local) > 1:
+    return False
+  mine = np.asarray([local.pop()], np.uint32)
+  everyone = (multihost_utils.process_allgather(mine) if jax.process_count() > 1 else mine)
+  return bool(np.all(np.asarray(everyone) == mine[0]))
+
+
+def make_host_augment(aug_cfg: augment.AugmentConfig, rng: np.ndarray):
+  """The host-side alternative (config.augment.on_device=False), for comparison.
+
+  Runs the same augmentation, with the same keys, jitted on the host CPU
+  before the batch is sent to the accelerators; the step then skips its own.
+  """
+  cpu = jax.local_devices(backend="cpu")[0]
+  rng = jax.device_put(rng, cpu)
+  fn = jax.jit(augment.augment_batch, static_argnums=3)
+
+  def apply(batch: dict, step: int) -> dict:
+    images, idx = batch["image"], batch["index"]
+    flat = jax.device_put((images.reshape(-1, *images.shape[2:]), idx.reshape(-1)), cpu)
+    views = fn(steps.step_key(rng, step), *flat, aug_cfg)
+    return {"image": np.asarray(views).reshape(*idx.shape, *views.shape[1:]), "index": idx}
+  return apply
+
+
+# data.on_device may take at most this share of a device's memory: the rest is
+# for parameters, bank, optimizer state and activations.
+RESIDENT_SHARE = 0.5
+
+
+def resident_rows(layout: data_lib.Layout) -> int:
+  """Rows of the split `resident_split` puts on each device: the largest process's share."""
+  return max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
+
+
+def resident_bytes(train: data_lib.Split) -> int:
+  """Bytes of training images `resident_split` puts on each device."""
+  return resident_rows(train.layout) * train.images[:1].nbytes
+
+
+def check_resident_fits(train: data_lib.Split) -> None:
+  """Refuses data.on_device before anything is compiled if the split would crowd out the run."""
+  limit, need = devices.memory_limit_bytes(), resident_bytes(train)
+  if limit is not None and need > RESIDENT_SHARE * limit:
+    raise ConfigError(
+        f"config.data.on_device=True would keep {need / 2**20:,.1f} MiB of training images on "
+        f"each device, more than {RESIDENT_SHARE:.0%} of its {limit / 2**20:,.1f} MiB; leave it "
+        f"False (the streaming pipeline) or lower config.data.image_size.")
+
+
+def resident_split(train: data_lib.Split) -> jax.Array:
+  """This process's training rows on each of its devices: uint8 [D, n, H, W, 3].
+
+  Processes hold different row counts (shards differ by up to one row), but
+  a pmapped input has one shape on every device of every process, so each
+  pads to the largest share; the padding is never indexed.
+  """
+  images = np.zeros((resident_rows(train.layout), *train.images.shape[1:]), train.images.dtype)
+  images[:len(train)] = train.images
+  return devices.replicate(images)
+
+
+def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
+                   linear: bool) -> dict:
+  """Features of both splits with the current network, then kNN (and linear probe)."""
+  nd = jax.local_device_count()
+  bs = config.eval.batch_size
+  train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
+                                               batch_size=bs, num_devices=nd,
+                                               desc="embedding the train split")
+  test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
+                                             batch_size=bs, num_devices=nd,
+                                             desc="embedding the test split")
+  # Features (gathered above) and labels from every process: the kNN bank and
+  # the probe's training set are the whole training subset everywhere.
+  return evaluate.evaluate_features(train_h, train_z, evaluate.gather_labels(train),
+                                    test_h, test_z, evaluate.gather_labels(test),
+                                    config.eval, num_classes, linear=linear)
