@@ -210,13 +210,14 @@ def input_benchmark(source: str, decode_images: int, batch: int) -> dict:
   import ml_collections
   import numpy as np
   from ssl_jax import data as data_lib
+  from ssl_jax import sources
   kind, path = data_lib.parse_source(source)
   out = {}
   if kind == "folder":
     t = time.perf_counter()
-    part, _ = data_lib._decode_folder(path, "train", 32, False, lambda *a: None,
-                                      keep=lambda n: np.arange(min(decode_images, n)))
-    out["decode_images_per_second"] = len(part) / (time.perf_counter() - t)
+    part, _ = sources.decode_folder(path, "train", 32, False, lambda *a: None,
+                                    keep=lambda n: np.arange(min(decode_images, n)))
+    out["decode_images_per_second"] = len(part.images) / (time.perf_counter() - t)
   cfg = ml_collections.ConfigDict(dict(source=source, image_size=32,
                                        cache_dir="~/.cache/ssl_jax", skip_corrupt=False))
   split, _ = data_lib.load_split(cfg, "train", lambda *a: None)

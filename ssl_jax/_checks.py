@@ -7,10 +7,18 @@ them outside `jit`), so a user sees which argument is wrong and why.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextvars
+import functools
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
+
+# Set while `checked` traces a function: index checks then become checkify
+# checks on traced values too (they cost a reduction per index vector).
+_TRACED_CHECKS = contextvars.ContextVar("ssl_jax_traced_checks", default=False)
 
 
 def check_ndim(name: str, x: Any, ndim: int) -> None:
@@ -58,3 +66,31 @@ def check_indices(name: str, idx: Any, batch: int, n: int) -> None:
   if v is not None and v.size and (v.min() < 0 or v.max() >= n):
     raise ValueError(
         f"`{name}` values must be in [0, {n}), got min {v.min()} and max {v.max()}.")
+  if v is None and _TRACED_CHECKS.get():
+    idx = jnp.asarray(idx)
+    checkify.check(jnp.all((idx >= 0) & (idx < n)),
+                   f"`{name}` values must be in [0, {n}), got min {{lo}} and max {{hi}}.",
+                   lo=jnp.min(idx), hi=jnp.max(idx))
+
+
+def checked(fn: Callable) -> Callable:
+  """`fn` with the checks that `jit` cannot make at trace time turned on.
+
+  Under `jit`, instance indices are tracers, so an index outside [0, N)
+  cannot be refused while tracing: `instance_ce` would return NaN,
+  `logit_grad` drop the positive and `momentum_update` skip the write. The
+  returned function traces `fn` with those checks as `jax.experimental.checkify`
+  checks and returns `(error, fn's output)`; `error.throw()` raises a
+  ValueError-like `JaxRuntimeError` naming the argument and the bad range.
+  It can itself be jitted: `jax.jit(ssl_jax.checked(step))`.
+  """
+  checked_fn = checkify.checkify(fn, errors=checkify.user_checks)
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    token = _TRACED_CHECKS.set(True)
+    try:
+      return checked_fn(*args, **kwargs)
+    finally:
+      _TRACED_CHECKS.reset(token)
+  return wrapper

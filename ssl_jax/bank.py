@@ -46,7 +46,9 @@ def momentum_update(bank: jax.Array, z: jax.Array, idx: jax.Array,
     z: [B, d] embeddings (treated as constants).
     idx: [B] distinct integer indices of the rows to move (an epoch is a
       permutation, so a batch never repeats an index; if it did, one of the
-      duplicate writes would win).
+      duplicate writes would win). In [0, N): refused outside `jit`; under
+      `jit` a row out of range is silently not written unless traced through
+      `ssl_jax.checked`.
     momentum: m in [0, 1]; 1 keeps the bank, 0 overwrites rows with z.
 
   Returns:

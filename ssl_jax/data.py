@@ -31,20 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import math
 import os
 import pathlib
-import tarfile
 from typing import Iterator, Optional
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+from ssl_jax import sources
 
-
-class DataError(ValueError):
-  """Bad input data: names the file or folder at fault."""
+from ssl_jax.sources import DataError  # noqa: F401  (raised here too; part of this API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,179 +124,6 @@ def parse_source(source: str) -> tuple[str, str]:
   return kind, arg
 
 
-def _to_rgb_array(img, size: int, name: str) -> np.ndarray:
-  """PIL image (any mode, any size) -> uint8 [size, size, 3].
-
-  Grayscale, palette and RGBA images are converted to RGB (alpha dropped).
-  Non-square or other-sized images are resized so the short side is `size`,
-  then centre-cropped: the usual evaluation transform, applied once at decode.
-  """
-  from PIL import Image  # Pillow is a core dependency; imported here to keep import light.
-  try:
-    img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-      s = size / min(w, h)
-      nw, nh = max(size, round(w * s)), max(size, round(h * s))
-      img = img.resize((nw, nh), Image.BILINEAR)
-      left, top = (nw - size) // 2, (nh - size) // 2
-      img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, np.uint8)
-  except Exception as e:  # Pillow raises many types on truncated files
-    raise DataError(f"cannot decode image {name}: {e}") from e
-
-
-def _open_image(data: bytes, name: str):
-  from PIL import Image, UnidentifiedImageError
-  try:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise DataError(f"cannot decode image {name}: {e}") from e
-
-
-def _list_folder(root: pathlib.Path, split: str) -> list[tuple[str, str]]:
-  """[(class_name, file_path)] of a tree root/split/class/file, in sorted order."""
-  split_dir = root / split
-  if not split_dir.is_dir():
-    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    raise DataError(f"split folder {split_dir} not found (splits present: {found}).")
-  entries = []
-  for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-    files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
-    if not files:
-      raise DataError(f"class folder {class_dir} is empty.")
-    entries += [(class_dir.name, str(f)) for f in files]
-  return entries
-
-
-def _list_tar(tar: tarfile.TarFile, path: str, split: str) -> list[tuple[str, tarfile.TarInfo]]:
-  """Like _list_folder for a tar archive; the tree may sit under one top folder."""
-  members = {}
-  dirs = set()
-  for m in tar.getmembers():
-    parts = pathlib.PurePosixPath(m.name).parts
-    if split in parts:
-      i = parts.index(split)
-      if m.isfile() and len(parts) == i + 3 and not parts[-1].startswith("."):
-        members.setdefault(parts[i + 1], []).append(m)
-      elif m.isdir() and len(parts) == i + 2:
-        dirs.add(parts[i + 1])
-  if not members and not dirs:
-    raise DataError(f"split '{split}' not found in archive {path}.")
-  for d in sorted(dirs - set(members)):
-    raise DataError(f"class folder {split}/{d} in archive {path} is empty.")
-  return [(c, m) for c in sorted(members) for m in sorted(members[c], key=lambda m: m.name)]
-
-
-def _decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
-                   log=print, keep=None) -> tuple[Split, int]:
-  """Decodes a folder tree or .tar.gz split; returns (split, number of skipped files).
-
-  keep(n) -> sorted positions, given the number n of files in the split,
-  restricts decoding to those files (None: all of them).
-  """
-  images, labels, skipped = [], [], 0
-  if os.path.isdir(path):
-    entries = _list_folder(pathlib.Path(path), split)
-    read = lambda e: pathlib.Path(e).read_bytes()
-    name = lambda e: e
-    tar = None
-  elif os.path.isfile(path) and tarfile.is_tarfile(path):
-    tar = tarfile.open(path, "r:*")
-    entries = _list_tar(tar, path, split)
-    read = lambda m: tar.extractfile(m).read()
-    name = lambda m: f"{path}:{m.name}"
-  else:
-    raise DataError(f"data path {path} is neither a folder nor a tar archive.")
-  class_names = tuple(sorted({c for c, _ in entries}))
-  if not entries:
-    raise DataError(f"split '{split}' in {path} has no images.")
-  label_of = {c: i for i, c in enumerate(class_names)}
-  if keep is not None:
-    entries = [entries[i] for i in keep(len(entries))]
-  try:
-    for n, (c, e) in enumerate(entries):
-      try:
-        images.append(_to_rgb_array(_open_image(read(e), name(e)), size, name(e)))
-        labels.append(label_of[c])
-      except DataError as err:
-        if not skip_corrupt:
-          raise DataError(f"{err} (set config.data.skip_corrupt=True to skip such files)") from None
-        skipped += 1
-        log(f"warning: skipping {err}")
-      if n % 10000 == 9999:
-        log(f"  decoded {n + 1}/{len(entries)} images of '{split}'")
-  finally:
-    if tar is not None:
-      tar.close()
-  if not images:
-    raise DataError(f"split '{split}' in {path} has no readable images.")
-  return Split(np.stack(images), np.asarray(labels, np.int32), class_names), skipped
-
-
-def _decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
-                 keep=None) -> Split:
-  """Decodes a TFDS split through tf.data into memory (TensorFlow imported here only).
-
-  keep(n) -> sorted positions restricts it to those examples: only the
-  contiguous range [first, last] they span is read (TFDS's split slicing,
-  as `tfds.split_for_jax_process` does).
-  """
-  try:
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise ImportError(
-        f"config.data.source 'tfds:{name}' needs tensorflow and tensorflow-datasets "
-        f"(pip install 'ssl_jax[tfds]'); a 'folder:' source needs neither.") from e
-  tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerators JAX uses
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"config.data.source 'tfds:{name}': no TFDS dataset is named {name!r} "
-                    f"(tfds.list_builders() lists them, e.g. cifar10, cifar100, stl10, "
-                    f"imagenet2012).") from None
-  builder.download_and_prepare()
-  info = builder.info
-  first, positions = 0, None
-  if keep is not None:
-    if split not in info.splits:
-      raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
-                      f"(splits: {sorted(info.splits)}).")
-    positions = keep(info.splits[split].num_examples)
-    first = int(positions[0])
-    split = f"{split}[{first}:{int(positions[-1]) + 1}]"
-  try:
-    # Examples keep their stored order (no file shuffling): position = instance index.
-    ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
-  except (KeyError, ValueError) as e:
-    raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
-                    f"(splits: {sorted(info.splits)}): {str(e).splitlines()[0]}") from None
-
-  def prep(image, label):
-    if tuple(image.shape[:2]) != (size, size):
-      # As for folders: short side to `size`, then a centre crop.
-      hw = tf.cast(tf.shape(image)[:2], tf.float32)
-      new_hw = tf.cast(tf.math.ceil(hw * size / tf.reduce_min(hw)), tf.int32)
-      image = tf.image.resize(image, new_hw, antialias=True)
-      image = tf.image.resize_with_crop_or_pad(image, size, size)
-    if image.shape[-1] == 1:
-      image = tf.image.grayscale_to_rgb(image)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.cast(label, tf.int32)
-
-  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).prefetch(2)
-  images, labels = [], []
-  for x, y in tfds.as_numpy(ds):
-    images.append(x)
-    labels.append(y)
-  names = tuple(info.features["label"].names) if "label" in info.features else ()
-  images, labels = np.concatenate(images), np.concatenate(labels)
-  if positions is not None:
-    images, labels = images[positions - first], labels[positions - first]
-  return Split(images, labels, names)
-
 
 def _cache_path(cache_dir: str, source: str, split: str, size: int) -> Optional[pathlib.Path]:
   kind, path = parse_source(source)
@@ -320,7 +143,7 @@ def load_split(data_cfg, split: str, log=print) -> tuple[Split, int]:
   kind, arg = parse_source(data_cfg.source)
   size = int(data_cfg.image_size)
   if kind == "tfds":
-    return _decode_tfds(arg, split, size, data_cfg.get("tfds_data_dir") or None), 0
+    return Split(*sources.decode_tfds(arg, split, size, data_cfg.get("tfds_data_dir") or None)), 0
   if not os.path.exists(arg):
     raise DataError(f"config.data.source: path {arg} does not exist.")
   cache = _cache_path(data_cfg.get("cache_dir", ""), data_cfg.source, split, size)
@@ -328,7 +151,9 @@ def load_split(data_cfg, split: str, log=print) -> tuple[Split, int]:
     with np.load(cache) as f:
       return Split(f["images"], f["labels"], tuple(f["class_names"].tolist())), int(f["skipped"])
   log(f"decoding {split} split of {arg} (cached afterwards)")
-  result, skipped = _decode_folder(arg, split, size, bool(data_cfg.get("skip_corrupt", False)), log)
+  result, skipped = sources.decode_folder(arg, split, size,
+                                          bool(data_cfg.get("skip_corrupt", False)), log)
+  result = Split(*result)
   if cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
@@ -391,12 +216,13 @@ def load_shard(data_cfg, split: str, *, fraction: float, seed: int, num_shards: 
     return Split(full.images[rows], full.labels[rows], full.class_names, rows,
                  state["layout"]), skipped
   if kind == "tfds":
-    part = _decode_tfds(arg, split, int(data_cfg.image_size),
-                        data_cfg.get("tfds_data_dir") or None, keep)
+    part = Split(*sources.decode_tfds(arg, split, int(data_cfg.image_size),
+                                      data_cfg.get("tfds_data_dir") or None, keep))
   else:
     if not os.path.exists(arg):
       raise DataError(f"config.data.source: path {arg} does not exist.")
-    part, _ = _decode_folder(arg, split, int(data_cfg.image_size), False, log, keep)
+    part, _ = sources.decode_folder(arg, split, int(data_cfg.image_size), False, log, keep)
+    part = Split(*part)
   log(f"decoded {len(part)} of the {state['layout'].num_examples} examples of '{split}' "
       f"(this process's share)")
   return dataclasses.replace(part, source_index=state["positions"], layout=state["layout"]), 0

@@ -53,7 +53,9 @@ def instance_ce(logits: jax.Array, idx: jax.Array) -> jax.Array:
 
   Args:
     logits: [B, N] logits against the bank.
-    idx: [B] integer instance index of each row (its positive bank row).
+    idx: [B] integer instance index of each row (its positive bank row), in
+      [0, N). Refused outside `jit`; under `jit` an index out of range gives
+      NaN unless traced through `ssl_jax.checked`.
 
   Returns:
     Scalar float32 mean over the batch.
@@ -110,7 +112,9 @@ def logit_grad(logits: jax.Array, idx: jax.Array, *, kl_weight: float) -> jax.Ar
 
   Args:
     logits: [B, N] logits s.
-    idx: [B] integer positives.
+    idx: [B] integer positives, in [0, N). Refused outside `jit`; under
+      `jit` an index out of range silently drops the positive unless traced
+      through `ssl_jax.checked`.
     kl_weight: lambda, the SqrtKL weight.
 
   Returns:

@@ -1,93 +1,44 @@
 """Run reporting at the edge: progress bar, JSON-lines metrics, TensorBoard events.
 
-The TensorBoard writer is a small self-contained implementation of the event
-file format (TFRecord framing of `Event` protos with scalar summaries), so runs
-log the same files with or without TensorFlow installed.
+TensorBoard event files are written by tensorboardX (protobuf only, no
+TensorFlow: the accelerator machines have none). Where tensorboardX is not
+installed, runs log metrics.jsonl alone and say so once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
 import sys
 import time
 from typing import Mapping, Optional
 
 
-def _crc32c_table():
-  poly, table = 0x82F63B78, []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ poly if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    out.append(b | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-  return _varint((number << 3) | wire) + payload
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-  return _field(number, 2, _varint(len(data)) + data)
-
-
-def _event(wall_time: float, step: int, *, file_version: Optional[str] = None,
-           scalars: Optional[Mapping[str, float]] = None) -> bytes:
-  msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-  if file_version is not None:
-    msg += _bytes_field(3, file_version.encode())
-  if scalars:
-    values = b"".join(
-        _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-        for tag, v in scalars.items())
-    msg += _bytes_field(5, values)
-  return msg
-
-
 class TensorBoardWriter:
-  """Appends scalar summaries to `<logdir>/events.out.tfevents.*`."""
+  """Scalar summaries in `<logdir>/events.out.tfevents.*`, through tensorboardX."""
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self._f = open(os.path.join(logdir, name), "ab")
-    self._write(_event(time.time(), 0, file_version="brain.Event:2"))
-
-  def _write(self, record: bytes) -> None:
-    header = struct.pack("<Q", len(record))
-    self._f.write(header + struct.pack("<I", _masked_crc32c(header)) + record
-                  + struct.pack("<I", _masked_crc32c(record)))
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
-    self._write(_event(time.time(), int(step), scalars=values))
-    self._f.flush()
+    for tag, v in values.items():
+      self._writer.add_scalar(tag, float(v), int(step))
+    # Written now, not at tensorboardX's next timed flush: a crash loses no line.
+    self._writer.flush()
 
   def close(self) -> None:
-    self._f.close()
+    self._writer.close()
+
+
+def _tensorboard(logdir: str) -> Optional[TensorBoardWriter]:
+  try:
+    return TensorBoardWriter(logdir)
+  except ImportError:
+    print("note: tensorboardX is not installed, so no TensorBoard events are written "
+          "(metrics.jsonl has every record); pip install tensorboardX to get them.",
+          file=sys.stderr)
+    return None
 
 
 class MetricWriter:
@@ -97,7 +48,7 @@ class MetricWriter:
     self.enabled = enabled
     if enabled:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _tensorboard(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, values: Mapping[str, float], **extra) -> None:
     if not self.enabled:
@@ -105,12 +56,14 @@ class MetricWriter:
     record = {"step": int(step), **extra, **{k: float(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    self._tb.scalars(step, {k: v for k, v in values.items() if v is not None})
+    if self._tb is not None:
+      self._tb.scalars(step, {k: v for k, v in values.items() if v is not None})
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
 
 
 def format_seconds(s: float) -> str:

@@ -256,6 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               writer=reporting.MetricWriter(workdir, enabled=is_main), is_main=is_main,
               state=state, step=step, history=history, carried=carried)
   first_epoch = step // steps_per_epoch  # this process's: it pays for compilation
+  check_indices(train, config, nd, first_epoch)
   try:
     with preemption.StopRequest() as stop:
       while loop.step < total_steps:
@@ -284,6 +285,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     loop.writer.close()
   return _finish(loop, p_eval, test, num_classes, init_eval, skipped, t_start, log)
+
+
+def check_indices(train: data_lib.Split, config, nd: int, epoch: int) -> None:
+  """Refuses an epoch whose instance indices leave [0, N) before a step runs on them.
+
+  Under jit an index outside the bank gives a NaN loss or a silently wrong
+  bank update (`ssl_jax.checked` says which), so the loop checks the index
+  table of its first epoch on the host once (every epoch is a permutation
+  of the same instances).
+  """
+  table = data_lib.epoch_indices(train.layout, global_batch=int(config.batch_size),
+                                 num_local_devices=nd, seed=config.seed, epoch=epoch)
+  if table.size and (table.min() < 0 or table.max() >= train.num_examples):
+    raise data_lib.DataError(
+        f"instance indices of epoch {epoch} span [{table.min()}, {table.max()}], outside the "
+        f"bank's rows [0, {train.num_examples}); the split's layout is inconsistent.")
 
 
 def _epoch_inputs(loop: Loop, resident, host_augment, nd: int):

@@ -1,0 +1,207 @@
+"""Decoding a source's images into arrays: image folders and archives with Pillow, TFDS.
+
+  folder:<path>  an image-folder tree `<split>/<class>/<image>`, or a .tar.gz of
+                 one. Read with Pillow and NumPy alone: no TensorFlow needed.
+  tfds:<name>    any TFDS image classification dataset, decoded through
+                 tf.data. TensorFlow is imported only here, only for it.
+
+Every image comes out as uint8 [size, size, 3] (short side resized, centre
+crop). `ssl_jax.data` turns what is decoded into splits, shards and batches.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tarfile
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class DataError(ValueError):
+  """Bad input data: names the file or folder at fault."""
+
+
+class Decoded(NamedTuple):
+  """A decoded split: images uint8 [n, S, S, 3], labels int32 [n], class names (or ())."""
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple
+
+
+def _to_rgb_array(img, size: int, name: str) -> np.ndarray:
+  """PIL image (any mode, any size) -> uint8 [size, size, 3].
+
+  Grayscale, palette and RGBA images are converted to RGB (alpha dropped).
+  Non-square or other-sized images are resized so the short side is `size`,
+  then centre-cropped: the usual evaluation transform, applied once at decode.
+  """
+  from PIL import Image  # Pillow is a core dependency; imported here to keep import light.
+  try:
+    img = img.convert("RGB")
+    w, h = img.size
+    if (w, h) != (size, size):
+      s = size / min(w, h)
+      nw, nh = max(size, round(w * s)), max(size, round(h * s))
+      img = img.resize((nw, nh), Image.BILINEAR)
+      left, top = (nw - size) // 2, (nh - size) // 2
+      img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, np.uint8)
+  except Exception as e:  # Pillow raises many types on truncated files
+    raise DataError(f"cannot decode image {name}: {e}") from e
+
+
+def _open_image(data: bytes, name: str):
+  from PIL import Image, UnidentifiedImageError
+  try:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise DataError(f"cannot decode image {name}: {e}") from e
+
+
+def _list_folder(root: pathlib.Path, split: str) -> list[tuple[str, str]]:
+  """[(class_name, file_path)] of a tree root/split/class/file, in sorted order."""
+  split_dir = root / split
+  if not split_dir.is_dir():
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    raise DataError(f"split folder {split_dir} not found (splits present: {found}).")
+  entries = []
+  for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not files:
+      raise DataError(f"class folder {class_dir} is empty.")
+    entries += [(class_dir.name, str(f)) for f in files]
+  return entries
+
+
+def _list_tar(tar: tarfile.TarFile, path: str, split: str) -> list[tuple[str, tarfile.TarInfo]]:
+  """Like _list_folder for a tar archive; the tree may sit under one top folder."""
+  members = {}
+  dirs = set()
+  for m in tar.getmembers():
+    parts = pathlib.PurePosixPath(m.name).parts
+    if split in parts:
+      i = parts.index(split)
+      if m.isfile() and len(parts) == i + 3 and not parts[-1].startswith("."):
+        members.setdefault(parts[i + 1], []).append(m)
+      elif m.isdir() and len(parts) == i + 2:
+        dirs.add(parts[i + 1])
+  if not members and not dirs:
+    raise DataError(f"split '{split}' not found in archive {path}.")
+  for d in sorted(dirs - set(members)):
+    raise DataError(f"class folder {split}/{d} in archive {path} is empty.")
+  return [(c, m) for c in sorted(members) for m in sorted(members[c], key=lambda m: m.name)]
+
+
+def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
+                   log=print, keep=None) -> tuple[Decoded, int]:
+  """Decodes a folder tree or .tar.gz split; returns (decoded, number of skipped files).
+
+  keep(n) -> sorted positions, given the number n of files in the split,
+  restricts decoding to those files (None: all of them).
+  """
+  images, labels, skipped = [], [], 0
+  if os.path.isdir(path):
+    entries = _list_folder(pathlib.Path(path), split)
+    read = lambda e: pathlib.Path(e).read_bytes()
+    name = lambda e: e
+    tar = None
+  elif os.path.isfile(path) and tarfile.is_tarfile(path):
+    tar = tarfile.open(path, "r:*")
+    entries = _list_tar(tar, path, split)
+    read = lambda m: tar.extractfile(m).read()
+    name = lambda m: f"{path}:{m.name}"
+  else:
+    raise DataError(f"data path {path} is neither a folder nor a tar archive.")
+  class_names = tuple(sorted({c for c, _ in entries}))
+  if not entries:
+    raise DataError(f"split '{split}' in {path} has no images.")
+  label_of = {c: i for i, c in enumerate(class_names)}
+  if keep is not None:
+    entries = [entries[i] for i in keep(len(entries))]
+  try:
+    for n, (c, e) in enumerate(entries):
+      try:
+        images.append(_to_rgb_array(_open_image(read(e), name(e)), size, name(e)))
+        labels.append(label_of[c])
+      except DataError as err:
+        if not skip_corrupt:
+          raise DataError(f"{err} (set config.data.skip_corrupt=True to skip such files)") from None
+        skipped += 1
+        log(f"warning: skipping {err}")
+      if n % 10000 == 9999:
+        log(f"  decoded {n + 1}/{len(entries)} images of '{split}'")
+  finally:
+    if tar is not None:
+      tar.close()
+  if not images:
+    raise DataError(f"split '{split}' in {path} has no readable images.")
+  return Decoded(np.stack(images), np.asarray(labels, np.int32), class_names), skipped
+
+
+def decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
+                 keep=None) -> Decoded:
+  """Decodes a TFDS split through tf.data into memory (TensorFlow imported here only).
+
+  keep(n) -> sorted positions restricts it to those examples: only the
+  contiguous range [first, last] they span is read (TFDS's split slicing,
+  as `tfds.split_for_jax_process` does).
+  """
+  try:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(
+        f"config.data.source 'tfds:{name}' needs tensorflow and tensorflow-datasets "
+        f"(pip install 'ssl_jax[tfds]'); a 'folder:' source needs neither.") from e
+  tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerators JAX uses
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"config.data.source 'tfds:{name}': no TFDS dataset is named {name!r} "
+                    f"(tfds.list_builders() lists them, e.g. cifar10, cifar100, stl10, "
+                    f"imagenet2012).") from None
+  builder.download_and_prepare()
+  info = builder.info
+  first, positions = 0, None
+  if keep is not None:
+    if split not in info.splits:
+      raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
+                      f"(splits: {sorted(info.splits)}).")
+    positions = keep(info.splits[split].num_examples)
+    first = int(positions[0])
+    split = f"{split}[{first}:{int(positions[-1]) + 1}]"
+  try:
+    # Examples keep their stored order (no file shuffling): position = instance index.
+    ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  except (KeyError, ValueError) as e:
+    raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
+                    f"(splits: {sorted(info.splits)}): {str(e).splitlines()[0]}") from None
+
+  def prep(image, label):
+    if tuple(image.shape[:2]) != (size, size):
+      # As for folders: short side to `size`, then a centre crop.
+      hw = tf.cast(tf.shape(image)[:2], tf.float32)
+      new_hw = tf.cast(tf.math.ceil(hw * size / tf.reduce_min(hw)), tf.int32)
+      image = tf.image.resize(image, new_hw, antialias=True)
+      image = tf.image.resize_with_crop_or_pad(image, size, size)
+    if image.shape[-1] == 1:
+      image = tf.image.grayscale_to_rgb(image)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.cast(label, tf.int32)
+
+  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).prefetch(2)
+  images, labels = [], []
+  for x, y in tfds.as_numpy(ds):
+    images.append(x)
+    labels.append(y)
+  names = tuple(info.features["label"].names) if "label" in info.features else ()
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if positions is not None:
+    images, labels = images[positions - first], labels[positions - first]
+  return Decoded(images, labels, names)
