@@ -33,8 +33,10 @@ def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
       enable_async_checkpointing=jax.process_count() == 1)
+  # The handler named up front, so a fresh manager can read a checkpoint's
+  # metadata (the tree `restore_latest` compares) before anything is restored.
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
+                               options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> int:
@@ -124,7 +126,9 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
   errors = []
   for step in steps:
     try:
-      saved = leaf_specs(manager.item_metadata(step).tree, is_leaf=lambda x: hasattr(x, "shape"))
+      metadata = manager.item_metadata(step)
+      saved = (expected if metadata is None   # no metadata to compare: restoring tells
+               else leaf_specs(metadata.tree, is_leaf=lambda x: hasattr(x, "shape")))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
       saved, reason = None, _first_line(e)
     if saved is not None:

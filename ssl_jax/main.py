@@ -26,11 +26,18 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_libraries(_DEBUG.value)
   # Imported after flag parsing: keeps `--help` fast.
-  from ssl_jax import distributed, train
+  from ssl_jax import distributed, preemption, train
 
   def run() -> None:
     joined = distributed.initialize()
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    try:
+      train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    except preemption.Preempted:
+      # Every process stops after the same step (train.Loop.stop_agreed), so
+      # all of them reach this barrier and leave the runtime together.
+      if joined:
+        distributed.finish()
+      raise
     if joined:
       distributed.finish()
   cli.run_guarded(run, _DEBUG.value)

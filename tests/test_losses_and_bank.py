@@ -232,3 +232,23 @@ def test_bad_inputs_raise_clear_errors():
   # Shape errors are raised at trace time under jit too, not as XLA errors.
   _raises("`z` and `bank` must have the same", jax.jit(ssl_jax.bank_logits, static_argnums=2),
           z[:, :5], bank, 0.1)
+
+
+@pytest.mark.parametrize("name", ["instance_ce", "logit_grad", "momentum_update"])
+def test_checked_catches_an_index_outside_the_bank_under_jit(name):
+  """Under jit an index >= N is not refused while tracing; ssl_jax.checked refuses it."""
+  n, d = 6, 4
+  s = jnp.zeros((3, n))
+  bank = ssl_jax.normalize_rows(jnp.ones((n, d)))
+  z = ssl_jax.normalize_rows(jnp.ones((3, d)))
+  fn = {"instance_ce": lambda idx: ssl_jax.instance_ce(s, idx),
+        "logit_grad": lambda idx: ssl_jax.logit_grad(s, idx, kl_weight=1.0),
+        "momentum_update": lambda idx: ssl_jax.momentum_update(bank, z, idx, 0.5)}[name]
+  bad, good = jnp.array([0, 1, n]), jnp.array([0, 1, n - 1])
+  jax.jit(fn)(bad)   # unchecked: no error, a silently wrong result
+  checked = jax.jit(ssl_jax.checked(fn))
+  err, _ = checked(good)
+  err.throw()
+  err, _ = checked(bad)
+  with pytest.raises(Exception, match=rf"`idx` values must be in \[0, {n}\), got min 0 and max {n}"):
+    err.throw()

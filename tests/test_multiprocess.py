@@ -164,3 +164,27 @@ def test_one_process_dying_stops_the_other(tmp_path, victim):
   assert survivor.returncode != 0
   assert re.search(r"(?i)another task died|coordination service", out), out[-3000:]
   print(f"survivor stopped {time.time() - t0:.0f} s after its peer was killed")
+
+
+@needs_cifar10
+def test_preempting_one_process_stops_every_process_at_the_same_step(two_process_run, tmp_path):
+  """SIGTERM reaches only the worker: both processes agree on the step to stop
+  after (through the step's psum), checkpoint it, exit 143 without hanging, and a
+  rerun ends bit-identical to the uninterrupted run."""
+  workdir, _ = two_process_run
+  procs = _start(tmp_path, 2, 2, _free_port())
+  marker = tmp_path / "checkpoints" / "4" / "commit_success.txt"
+  deadline = time.time() + 600
+  while not marker.exists():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [143, 143], [o[-1500:] for o in outs]
+  saved = {int(re.search(r"checkpoint saved at step (\d+)", o).group(1)) for o in outs}
+  assert len(saved) == 1 and 4 < saved.pop() < TOTAL_STEPS, outs[0][-1500:]
+  outs = _finish(_start(tmp_path, 2, 2, _free_port()))
+  assert "resuming from checkpoint at step" in outs[0]
+  a, b = _state(workdir), _state(tmp_path)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)

@@ -199,14 +199,32 @@ def test_replicas_stay_equal_through_a_checkpoint_resume(tmp_path):
   config = tiny_config(**{"batch_size": 64})
   split, model, tx, state0 = setup_training(config)
   devs = jax.local_devices()
-  state, _ = run_steps(config, state0, model, tx, split, devs, 6, [])
+  state, _ = run_steps(config, state0, model, tx, split, devs, 6)
   manager = checkpoint.create_manager(str(tmp_path))
   checkpoint.save(manager, jax.tree_util.tree_map(lambda x: x[0], state), wait=True)
   restored = checkpoint.restore_latest(manager, state0)
   for a, b in zip(jax.tree_util.tree_leaves(restored),
                   jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], state))):
     np.testing.assert_array_equal(a, b)
-  state, _ = run_steps(config, restored, model, tx, split, devs, 6, [])
+  state, _ = run_steps(config, restored, model, tx, split, devs, 6)
   for leaf in jax.tree_util.tree_leaves(state):
     for r in range(1, len(devs)):
       np.testing.assert_array_equal(leaf[r], leaf[0])
+
+
+@needs_cifar10
+def test_a_checkpoint_of_another_structure_stops_and_moves_nothing(reference_run, tmp_path):
+  """A readable checkpoint whose tree the code no longer makes is not damage."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  config = tiny_config(**{"model.head": "mlp"})   # the projection head's tree changes
+  split, _, _ = builders.load_data(config, log=lambda *a: None)
+  template = builders.initial_state(config, builders.build_model(config), optim.create_optimizer(
+      config.optim, lambda s: 0.1), len(split))
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.restore_latest(checkpoint.create_manager(str(workdir)), template)
+  message = str(e.value)
+  assert f"checkpoint at step {TOTAL_STEPS}" in message and "holds another state" in message
+  assert "missing batch_stats/MLP_0" in message and "params/Dense_0" in message, message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before

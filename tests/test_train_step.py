@@ -2,6 +2,7 @@
 
 import collections
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -17,13 +18,11 @@ from ssl_jax import train
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
 
-def _run(config, state, model, tx, split, devices, num_steps, trace_counter):
+def _run(config, state, model, tx, split, devices, num_steps):
   step_fn = builders.make_train_step(config, model, tx, total_steps=20)
-
-  def counted(state, batch):
-    trace_counter.append(1)  # runs once per trace, never per execution
-    return step_fn(state, batch)
-
+  # The step compiles once: a second trace (a changed shape, dtype or
+  # sharding of the state between steps) fails the run.
+  counted = chex.assert_max_traces(lambda state, batch: step_fn(state, batch), n=1)
   p_step = jax.pmap(counted, axis_name=devices_lib.AXIS, devices=devices)
   state = devices_lib.replicate(state, devices)
   batches = data_lib.train_batches(split, global_batch=config.batch_size,
@@ -43,17 +42,12 @@ def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_ru
   split, model, tx, state0 = setup_training(config)
   devices = jax.local_devices()
   assert len(devices) == 4
-  traces4, traces1 = [], []
-  s4, m4 = _run(config, state0, model, tx, split, devices, 4, traces4)
-  s1, m1 = _run(config, state0, model, tx, split, devices[:1], 4, traces1)
-  assert len(traces4) == 1 and len(traces1) == 1, "the step recompiled"
-  for leaf in jax.tree_util.tree_leaves(s4):
-    for r in range(1, 4):
-      np.testing.assert_array_equal(leaf[r], leaf[0])
-  flat4 = jax.tree_util.tree_leaves_with_path(jax.tree_util.tree_map(lambda x: x[0], s4))
-  flat1 = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], s1))
-  for (path, a), b in zip(flat4, flat1):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+  s4, m4 = _run(config, state0, model, tx, split, devices, 4)
+  s1, m1 = _run(config, state0, model, tx, split, devices[:1], 4)
+  replica = lambda tree, r: jax.tree_util.tree_map(lambda x: np.asarray(x[r]), tree)
+  for r in range(1, 4):
+    chex.assert_trees_all_equal(replica(s4, r), replica(s4, 0))
+  chex.assert_trees_all_close(replica(s4, 0), replica(s1, 0), rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
   # The run did something: the params (and the bank, or BYOL's target) moved.
   moved = lambda a, b: max(np.abs(np.asarray(x[0]) - np.asarray(y)).max()
@@ -94,7 +88,7 @@ def test_step_options_run_and_move_the_state(overrides):
   config = tiny_config(**overrides)
   split, model, tx, state0 = setup_training(config)
   devices = jax.local_devices()
-  s, m = _run(config, state0, model, tx, split, devices, 2, [])
+  s, m = _run(config, state0, model, tx, split, devices, 2)
   assert np.isfinite(m["loss"]) and m["nonfinite"] == 0
   moved = [np.abs(np.asarray(a[0], np.float32) - np.asarray(b, np.float32)).max()
            for a, b in zip(jax.tree_util.tree_leaves(s.params),
