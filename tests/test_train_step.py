@@ -22,6 +22,7 @@ def _run(config, state, model, tx, split, devices, num_steps):
   step_fn = builders.make_train_step(config, model, tx, total_steps=20)
   # The step compiles once: a second trace (a changed shape, dtype or
   # sharding of the state between steps) fails the run.
+  chex.clear_trace_counter()   # counts are kept per source line, across calls of _run
   counted = chex.assert_max_traces(lambda state, batch: step_fn(state, batch), n=1)
   p_step = jax.pmap(counted, axis_name=devices_lib.AXIS, devices=devices)
   state = devices_lib.replicate(state, devices)
