@@ -468,12 +468,14 @@ def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
   }
 
 
-def write_results(results_dir: str, name: str, meta: dict, rows: dict, md: str) -> None:
+def write_results(results_dir: str, name: str, meta: dict, rows: dict, md: str,
+                  key: str = "variants") -> None:
+  """`<name>.json` ({'meta', key: rows}) and `<name>.md`, each written whole (atomically)."""
+  from ssl_jax import run_files
   os.makedirs(results_dir, exist_ok=True)
-  with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
-    json.dump(to_json({"meta": meta, "variants": rows}), f, indent=2)
-  with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-    f.write(md)
+  run_files.write_text_atomic(os.path.join(results_dir, f"{name}.json"),
+                              json.dumps(to_json({"meta": meta, key: rows}), indent=2))
+  run_files.write_text_atomic(os.path.join(results_dir, f"{name}.md"), md)
 
 
 def variants_table(rows: dict[str, dict], at_time: Optional[tuple[float, dict]] = None) -> str:

@@ -8,7 +8,6 @@ are written to `config.results_dir`.
 """
 
 import copy
-import json
 import os
 import sys
 
@@ -26,15 +25,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run_method(base, method: str, workdir: str) -> dict:
-  """Trains one method (or reads its finished summary)."""
-  from ssl_jax import train
-  summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path):
+  """Trains one method, resumes it, or reads its finished summary (`sweep.run_one`: a
+  workdir holding a run of another config is refused, not reused)."""
+  if os.path.exists(os.path.join(workdir, "summary.json")):
     print(f"{method}: finished run found in {workdir}, not recomputed")
-    with open(summary_path) as f:
-      return json.load(f)
-  config = default.set_method(copy.deepcopy(base), method)
-  return train.train_and_evaluate(config, workdir)
+  return sweep.run_one(default.set_method(copy.deepcopy(base), method), workdir)
 
 
 def table_rows(summaries: dict) -> list[dict]:
@@ -118,11 +113,8 @@ def main(argv) -> None:
   if "ours" in summaries and "simclr" in summaries:
     meta["ours_over_simclr_images_per_second"] = (
         summaries["ours"]["images_per_second"] / summaries["simclr"]["images_per_second"])
-  os.makedirs(config.results_dir, exist_ok=True)
-  with open(os.path.join(config.results_dir, "results.json"), "w") as f:
-    json.dump({"meta": meta, "methods": rows}, f, indent=2)
-  with open(os.path.join(config.results_dir, "results.md"), "w") as f:
-    f.write(markdown(rows, meta))
+  sweep.write_results(config.results_dir, "results", meta, rows, markdown(rows, meta),
+                      key="methods")
   plot(summaries, os.path.join(config.results_dir, "knn.png"))
   print(markdown(rows, meta))
 
