@@ -86,7 +86,7 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   import numpy as np
   from configs import default
   from ssl_jax import augment as augment_lib
-  from ssl_jax import builders, devices, methods, optim
+  from ssl_jax import builders, devices, methods, optim, train
 
   config = default.set_method(copy.deepcopy(base), method)
   config.model.name, config.model.width = model_name, float(width)
