@@ -3,7 +3,7 @@
     python -m experiments.ablation.run --config experiments/ablation/config.py:cpu --workdir runs/ablation_cpu
 
 Every (variant, seed) trains in `<workdir>/<variant>/seed<k>`; rerunning
-skips finished runs and resumes an interrupted one (see experiments/sweep.py).
+skips finished runs and resumes an interrupted one (see experiments/sweep/runs.py).
 """
 
 from experiments import sweep

@@ -1,0 +1,136 @@
+"""Running a sweep: each (variant, seed) trained once, resumed, or read back.
+
+Each (variant, seed) trains in `<workdir>/<variant>/seed<k>`. A finished run
+(its summary.json exists) is never recomputed and an interrupted one resumes;
+either way the run's saved config.json must equal the config asked for
+(ignoring fields that only say where files are), so a changed sweep cannot
+silently reuse runs made under other settings. Every experiment runner,
+the comparison included, reuses runs through `run_one`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Callable, Optional
+
+import ml_collections
+
+from configs import default
+from experiments.sweep.overrides import SweepError, parse_variants, variant_config
+
+# Fields that say where things are or how often to log, not what is trained.
+IGNORED_FIELDS = ("data.source_reason", "data.cache_dir", "data.tfds_data_dir",
+                  "log_every_steps", "checkpoint_every_epochs", "checkpoint_every_steps",
+                  "keep_checkpoints")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def config_differences(saved: dict, wanted: ml_collections.ConfigDict) -> list[str]:
+  """Fields (other than IGNORED_FIELDS) where a run's config.json differs from `wanted`.
+
+  `data.source` is compared by its kind and file name, so a run made from
+  another checkout of the same archive still counts. A field the run's
+  config lacks (added to the library after the run) matches when the sweep
+  wants its default, which by this library's rule keeps the old behaviour.
+  """
+  a = _flatten(saved)
+  b = _flatten(json.loads(wanted.to_json_best_effort()))
+  defaults = _flatten(json.loads(default.get_config().to_json_best_effort()))
+  diffs = []
+  for field in sorted(set(a) | set(b)):
+    if field in IGNORED_FIELDS:
+      continue
+    x, y = a.get(field, "<absent>"), b.get(field, "<absent>")
+    if field not in a and field in defaults and y == defaults[field]:
+      continue
+    if field == "data.source" and isinstance(x, str) and isinstance(y, str):
+      x, y = os.path.basename(x), os.path.basename(y)
+    if x != y:
+      diffs.append(f"{field}: run has {x!r}, sweep wants {y!r}")
+  return diffs
+
+
+def run_one(config: ml_collections.ConfigDict, workdir: str,
+            train_fn: Optional[Callable] = None) -> dict:
+  """Trains one run, resumes it, or reads its finished summary."""
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      diffs = config_differences(json.load(f), config)
+    if diffs:
+      raise SweepError(f"{workdir} holds a run made with another config ("
+                       + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
+                       + "). Delete that folder or use another --workdir.")
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      return json.load(f)
+  if train_fn is None:
+    from ssl_jax import train  # heavy: only when something is trained
+    train_fn = train.train_and_evaluate
+  return train_fn(config, workdir)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
+              train_fn: Optional[Callable] = None) -> dict[str, list[dict]]:
+  """Runs every (variant, seed) of an experiment config, in seed-major order.
+
+  Seed-major: every variant gets its first seed before any gets its second,
+  so an experiment stopped half-way still has one complete comparison.
+  With `config.only_finished` nothing is trained: the finished runs are
+  reported (a look at a long sweep while it runs).
+  Returns {variant name: [summary per seed]} with `num_params` and `seed` added.
+  """
+  variants = parse_variants(config.variants, config.base)
+  seeds = tuple(config.seeds)
+  if not seeds:
+    raise SweepError("config.seeds is empty.")
+  results: dict[str, list[dict]] = {v.name: [] for v in variants}
+  total, done = len(variants) * len(seeds), 0
+  for seed in seeds:
+    for v in variants:
+      done += 1
+      run_dir = os.path.join(workdir, v.name, f"seed{seed}")
+      finished = os.path.exists(os.path.join(run_dir, "summary.json"))
+      if not finished and config.get("only_finished", False):
+        log(f"[{done}/{total}] {v.name} seed {seed}: not finished, left out")
+        continue
+      log(f"[{done}/{total}] {v.name} seed {seed}: "
+          f"{'finished' if finished else 'training'} ({run_dir})")
+      run_config = variant_config(config.base, v, seed)
+      summary = dict(run_one(run_config, run_dir, train_fn))
+      summary.setdefault("num_params", count_params(run_config))
+      summary["seed"] = seed
+      results[v.name].append(summary)
+  if not any(results.values()):
+    # Only reachable with only_finished: there is nothing to report yet.
+    raise SweepError(f"no run under {workdir} has finished yet (config.only_finished=True "
+                     "reports finished runs only); run without it to train them.")
+  return results
+
+
+def count_params(config: ml_collections.ConfigDict) -> dict:
+  """Parameter counts {backbone, total} of a config's model, without computing anything."""
+  import jax
+  import jax.numpy as jnp
+  from ssl_jax import builders
+  model = builders.build_model(config, bn_axis_name=None)
+  shape = (1, config.data.image_size, config.data.image_size, 3)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                jnp.zeros(shape), train=False))
+  params = variables["params"]
+  size = lambda tree: int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+  backbone = params.get("backbone", params)
+  return {"backbone": size(backbone), "total": size(params)}
