@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 
 from ssl_jax import augment
 from ssl_jax import data as data_lib
@@ -26,20 +27,72 @@ from ssl_jax import reporting
 
 
 def make_embed_fn(model, aug_cfg: augment.AugmentConfig, *, batch_norm: str = "inference"):
-  """pmapped (variables, uint8 images [D, b, H, W, 3]) -> (h [D, b, D_h], z [D, b, d]).
+  """pmapped (variables, uint8 images [D, b, H, W, 3], mask [D, b]) -> (h [D, b, D_h], z [D, b, d]).
 
   batch_norm="inference" uses the running statistics; "batch" normalises with
   the statistics of the batch (used to calibrate the bank of an untrained
-  network, whose running statistics are still the initial 0 and 1).
+  network, whose running statistics are still the initial 0 and 1): of its
+  real rows only (`mask` True), over every device, so padding changes no
+  real row's output.
   """
-  def embed(variables, images):
+  def embed(variables, images, mask):
     x = augment.preprocess_eval(images, aug_cfg)
     if batch_norm == "batch":
-      (h, z), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+      with nn.intercept_methods(_batch_statistics_of_real_rows(mask)):
+        (h, z), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
     else:
       h, z = model.apply(variables, x, train=False)
     return h, z
   return jax.pmap(embed, axis_name=devices.AXIS)
+
+
+def _batch_statistics_of_real_rows(mask: jax.Array):
+  """A flax method interceptor: every BatchNorm normalises with its input's statistics
+  over the rows where `mask` [b] is True, on every device of the pmapped axis.
+
+  Why not BatchNorm's own `mask`: flax averages the devices' masked means with
+  equal weights (`lax.pmean`), so a device holding 3 real rows weighs as much
+  as one holding 300, and a device holding none gives NaN. Here the sums and
+  the counts are summed over devices (`lax.psum`) before dividing. Mean and
+  variance are computed as flax computes them (float32, E[x^2] - E[x]^2
+  clipped at 0) and applied in its order. A step without padding keeps
+  flax's own output bit for bit (both are computed: the normalisation, not
+  the convolutions, runs twice), so an unpadded pass gives the same bank as
+  before. The running statistics are discarded by the caller.
+  """
+  weights = mask.astype(jnp.float32)
+  unpadded = jax.lax.psum(jnp.sum(weights), devices.AXIS) == jax.lax.psum(
+      jnp.float32(weights.size), devices.AXIS)
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, nn.BatchNorm) or context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    axes = tuple(range(x.ndim - 1))          # every axis but the features'
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    w = weights.reshape((-1,) + (1,) * (x.ndim - 1))
+    per_row = float(np.prod(x.shape[1:-1]))  # spatial positions per image
+    count = jax.lax.psum(jnp.sum(weights) * per_row, devices.AXIS)
+    sums = jax.lax.psum(jnp.stack([jnp.sum(x32 * w, axes), jnp.sum(x32 * x32 * w, axes)]),
+                        devices.AXIS)
+    mean, mean_sq = sums[0] / count, sums[1] / count
+    var = jnp.maximum(0.0, mean_sq - mean * mean)
+    y = x - mean
+    mul = jax.lax.rsqrt(var + module.epsilon)
+    args_dtypes = [x]
+    if module.use_scale:
+      scale = module.get_variable("params", "scale")
+      mul = mul * scale
+      args_dtypes.append(scale)
+    y = y * mul
+    if module.use_bias:
+      bias = module.get_variable("params", "bias")
+      y = y + bias
+      args_dtypes.append(bias)
+    dtype = module.dtype if module.dtype is not None else jnp.result_type(*args_dtypes)
+    return jnp.where(unpadded, next_fun(*args, **kwargs), jnp.asarray(y, dtype))
+  return interceptor
 
 
 # Seconds before an evaluation pass shows a progress bar: a pass over a small
@@ -70,7 +123,7 @@ def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
   progress = _progress(total, desc, -(-split.num_examples // max(total, 1)))
   batches = data_lib.eval_batches(split, batch_size=batch_size, num_local_devices=num_devices)
   for done, batch in enumerate(batches, 1):
-    h, z = p_embed(variables, batch["image"])
+    h, z = p_embed(variables, batch["image"], batch["mask"])
     mask = batch["mask"].reshape(-1)
     rows = batch["index"].reshape(-1)[mask] - lo
     h = devices.local_rows(h).reshape(mask.size, -1)[mask]

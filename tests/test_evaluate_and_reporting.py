@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import optax
 import pytest
 
-from ssl_jax import evaluate
+from ssl_jax import augment, evaluate
 from ssl_jax import reporting
 
 
@@ -100,8 +101,8 @@ def test_extract_features_returns_every_row_in_order_and_shows_progress_on_long_
   split = data_lib.Split(ids.astype(np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8),
                          ids.astype(np.int32), ())
   # "Features" that spell the instance: h = pixel value, z = 2 * pixel value.
-  p_embed = jax.pmap(lambda v, x: (x[:, 0, 0, :1].astype(np.float32),
-                                   2 * x[:, 0, 0, :1].astype(np.float32)))
+  p_embed = jax.pmap(lambda v, x, mask: (x[:, 0, 0, :1].astype(np.float32),
+                                         2 * x[:, 0, 0, :1].astype(np.float32)))
   h, z = evaluate.extract_features(p_embed, None, split, batch_size=8, num_devices=4,
                                    desc="embedding the test split")
   np.testing.assert_array_equal(h[:, 0], ids)
@@ -112,3 +113,38 @@ def test_extract_features_returns_every_row_in_order_and_shows_progress_on_long_
                             desc="embedding the test split")
   err = capsys.readouterr().err
   assert "embedding the test split [" in err and "5/5" in err, err
+
+
+def test_calibration_with_batch_norm_in_batch_mode_ignores_the_padding():
+  """The calibrated rows of one batch are those of flax's BatchNorm over exactly its
+  real rows, whatever pads it: 2 or 6 padded slots over 4 devices, or none on 1."""
+  import jax
+  from ssl_jax import builders, data as data_lib, devices, steps
+  from tests.helpers import tiny_config
+  config = tiny_config(**{"model.width": 0.0625})
+  model = builders.build_model(config)
+  state = builders.initial_state(config, model, optax.sgd(0.1), 10)
+  variables = steps.variables(state)
+  images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), np.uint8)
+  split = data_lib.Split(images, np.zeros(10, np.int32), ())
+
+  # flax's own BatchNorm in batch mode over the 10 real rows, one device, no padding.
+  x = augment.preprocess_eval(images, builders.augment_config(config))
+  (_, expected), _ = builders.build_model(config, bn_axis_name=None).apply(
+      variables, x, train=True, mutable=["batch_stats"])
+
+  p_embed = evaluate.make_embed_fn(model, builders.augment_config(config), batch_norm="batch")
+  for batch_size, num_devices in ((12, 4), (16, 4), (10, 1)):
+    _, z = evaluate.extract_features(
+        p_embed, devices.replicate(variables, jax.local_devices()[:num_devices]), split,
+        batch_size=batch_size, num_devices=num_devices)
+    np.testing.assert_allclose(z, expected, atol=2e-5, err_msg=f"batch {batch_size}")
+  # The same with flax's mask-free statistics would see the padding (the
+  # repeated first image) and move every row: the check above can fail.
+  plain = jax.pmap(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0][1],
+                   axis_name=devices.AXIS)
+  batch = next(data_lib.eval_batches(split, batch_size=16, num_local_devices=4))
+  z = plain(devices.replicate(variables), augment.preprocess_eval(batch["image"],
+                                                                   builders.augment_config(config)))
+  assert not np.allclose(np.asarray(z).reshape(16, -1)[batch["mask"].reshape(-1)], expected,
+                         atol=1e-3)
