@@ -424,4 +424,5 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   # Defined here, not at import: tests import this module beside other CLIs.
   config_flags.DEFINE_config_file("config", None, "benchmarks/config.py:<preset>")
-  app.run(main)
+  from ssl_jax import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -46,7 +46,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   source, reason = cifar10_source()
   config.data.source = source
+  # Why data.source is what it is; it explains data.source_chosen, so a config
+  # or command line that sets another source is not given this reason.
   config.data.source_reason = reason
+  config.data.source_chosen = source
   config.data.train_split = "train"
   config.data.test_split = "test"
   config.data.image_size = 32

@@ -84,6 +84,27 @@ def count_classes(train: data_lib.Split, test: data_lib.Split) -> int:
   return int(devices.gather_processes(local, [1] * jax.process_count()).max() + 1)
 
 
+def label_notes(train: data_lib.Split, test: data_lib.Split) -> list[str]:
+  """One-line notes where the labels make kNN and the linear probe say little.
+
+  Training is self-supervised and goes on; only the label-based evaluation
+  is affected: a training split of one class makes every prediction right,
+  and test classes absent from training can never be predicted.
+  """
+  train_classes = set(np.unique(evaluate.gather_labels(train)).tolist())
+  test_classes = set(np.unique(evaluate.gather_labels(test)).tolist())
+  name = lambda c: train.class_names[c] if c < len(train.class_names) else str(c)
+  notes = []
+  if len(train_classes) == 1:
+    notes.append(f"note: the training split has one class ({name(min(train_classes))}): "
+                 "kNN and the linear probe cannot mean much (training goes on).")
+  if missing := sorted(test_classes - train_classes):
+    shown = ", ".join(map(name, missing[:5])) + (" ..." if len(missing) > 5 else "")
+    notes.append(f"note: {len(missing)} test class(es) never appear in training ({shown}): "
+                 "kNN and the linear probe cannot predict them (training goes on).")
+  return notes
+
+
 def initial_state(config, model, tx, num_examples: int) -> TrainState:
   """Fresh encoder and optimizer state around an all-zero [N, d] bank (see `init_bank`).
 

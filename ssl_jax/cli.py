@@ -5,35 +5,147 @@
 
 Errors a user can fix print one line starting with `error:` and exit with
 status 1 (`--debug` shows the traceback); a preempted run exits with 143.
+That holds from the first flag on: `parse_flags` is every command line's
+flag parser (`app.run(main, flags_parser=cli.parse_flags)`), so a mistyped
+field, a missing config file or a bad value is one line too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
-from typing import Callable
+from typing import Callable, NoReturn, Sequence
 
 # What a user can fix from the message alone: bad configs and data
 # (ValueError: ConfigError, DataError), missing files, a missing optional
-# package, divergence, unusable checkpoints.
+# package, divergence, unusable checkpoints, a workdir another run holds.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, ImportError)
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: <message>` (one line) and exits with status 1."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+  """Whether the command line asks for tracebacks (read before flags are parsed)."""
+  return any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with every error as one `error:` line and exit status 1.
+
+  Covers what absl and ml_collections raise while parsing: an unknown flag
+  or config field (with the nearest name), a value of the wrong type, a
+  missing or broken config file, an unknown method or preset after `:`, a
+  missing required flag. `--help` still prints the help.
+  """
+  from absl import flags
+  config_flags = [name for name in flags.FLAGS
+                  if type(flags.FLAGS[name]).__module__.startswith("ml_collections")]
+  try:
+    try:
+      rest = flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError):
+      raise  # a flag's value or an override's field: the message names it
+    except Exception as e:  # noqa: BLE001  raised by a config file's own code
+      given = [n for n in config_flags if flag_value(argv, n)]
+      raise _ConfigFileError(given[0] if given else "config", e) from e
+    for name in config_flags:
+      # A config file that failed to load is an object raising on first
+      # use: use it here, while errors are still flag errors.
+      try:
+        _ = getattr(flags.FLAGS[name].value, "keys", None)
+      except Exception as e:  # noqa: BLE001
+        raise _ConfigFileError(name, e.__cause__ or e) from e
+    return rest
+  except Exception as e:  # noqa: BLE001  every parse error becomes one line
+    if debug_requested(argv):
+      raise
+    fail(flag_error_message(e, argv))
+
+
+def no_positional_arguments(argv: Sequence[str]) -> None:
+  """Every command line takes flags only: a stray word is one `error:` line."""
+  if len(argv) > 1:
+    fail(f"unexpected argument{'s' if len(argv) > 2 else ''} {' '.join(argv[1:])!r} "
+         "(every option is a --flag; config fields are --config.<field>=<value>).")
+
+
+class _ConfigFileError(Exception):
+  """A config file that could not be loaded (missing, bad syntax, raising)."""
+
+  def __init__(self, flag: str, cause: BaseException):
+    super().__init__(flag, cause)
+    self.flag, self.cause = flag, cause
+
+
+def flag_value(argv: Sequence[str], name: str) -> str:
+  """The text given to `--name` on the command line ('' if absent)."""
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      return a.split("=", 1)[1]
+    if a == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
+
+
+def flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
+  """One line for a flag-parsing error, naming the flag it came from."""
+  if isinstance(error, _ConfigFileError):
+    given, cause = flag_value(argv, error.flag), error.cause
+    if missing := re.search(r"No such file or directory: '([^']+)'", str(cause)):
+      return f"--{error.flag}: no config file at {missing.group(1)!r}."
+    if isinstance(cause, SyntaxError):
+      return f"--{error.flag}={given}: {cause.msg} (line {cause.lineno})."
+    return f"--{error.flag}={given}: {type(cause).__name__}: {cause}"
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if missing := re.search(r"Flag --(\w+) must have a value other than None", text):
+    return f"--{missing.group(1)} is required."
+  if "Traceback (most recent call last)" in text:
+    # ml_collections puts the traceback of an error raised inside the config
+    # file into the flag's message: its last line is the cause.
+    flag = lines[0].split(": ", 1)[0].removeprefix("flag ")
+    cause = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1])
+    return f"{flag}: {cause}"
+  if isinstance(error, (AttributeError, KeyError)):
+    return _unknown_field(text, argv)
+  return re.sub(r"^flag ", "", lines[0] if lines else type(error).__name__) + (
+      " " + " ".join(lines[1:2]) if len(lines) > 1 and "--help" not in lines[1] else "")
+
+
+def _unknown_field(text: str, argv: Sequence[str]) -> str:
+  """`--config.data.sorce=x: config.data has no field 'sorce' (did you mean 'source'?)`."""
+  name = re.search(r"'([^'\\]+)", text)
+  key = name.group(1) if name else "?"
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  flag = next((a for a in argv if a.startswith("--") and "." in a
+               and key in a.split("=", 1)[0].lstrip("-").split(".")), None)
+  where = "the config"
+  if flag:
+    path = flag.split("=", 1)[0].lstrip("-").split(".")
+    where = ".".join(path[:path.index(key)])
+  hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+  return f"{flag or '--config'}: {where} has no field {key!r}{hint}."
 
 
 def run_guarded(fn: Callable[[], object], debug: bool) -> object:
   """Runs `fn`, turning user errors into one line and the right exit status."""
-  from ssl_jax import checkpoint, preemption
+  from ssl_jax import checkpoint, preemption, workdir_lock
   try:
     return fn()
   except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  except USER_ERRORS + (checkpoint.CheckpointError,) as e:
+  except USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked) as e:
     if debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    fail(str(e))
 
 
 def quiet_libraries(debug: bool) -> None:
@@ -54,8 +166,7 @@ def evaluate_command() -> None:
   flags.mark_flag_as_required("workdir")
 
   def main(argv) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    no_positional_arguments(argv)
     workdir, debug = flags.FLAGS.workdir, flags.FLAGS.debug
     quiet_libraries(debug)
     from ssl_jax import run_files, train  # the shell that rebuilds a run
@@ -65,4 +176,4 @@ def evaluate_command() -> None:
     run_files.write_json_atomic(os.path.join(workdir, "eval.json"), result)
     print(json.dumps(result, indent=2))
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

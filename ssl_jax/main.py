@@ -8,6 +8,8 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) join through
 `ssl_jax.distributed` before training.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -22,16 +24,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.no_positional_arguments(argv)
   cli.quiet_libraries(_DEBUG.value)
   # Imported after flag parsing: keeps `--help` fast.
   from ssl_jax import distributed, preemption, train
 
+  config = flags.FLAGS.config
+  if cli.flag_value(sys.argv, "config.data.source") and "source_chosen" in config.data:
+    config.data.source_reason = "given on the command line"
+    config.data.source_chosen = config.data.source
+
   def run() -> None:
     joined = distributed.initialize()
     try:
-      train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+      train.train_and_evaluate(config, _WORKDIR.value)
     except preemption.Preempted:
       # Every process stops after the same step (train.Loop.stop_agreed), so
       # all of them reach this barrier and leave the runtime together.
@@ -44,4 +50,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

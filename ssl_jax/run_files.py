@@ -5,6 +5,7 @@
   metrics.jsonl     one record per logged step and per epoch (cut back on resume)
   epoch_timing.json the seconds an epoch had run at each mid-epoch checkpoint
   init_eval.json, summary.json   written whole, atomically
+  lock.json         the run that holds the workdir (`ssl_jax.workdir_lock`)
 
 Files written whole go to a temporary file that is then renamed, so a crash
 never leaves half of one; metrics.jsonl is appended line by line
@@ -33,6 +34,21 @@ def _field(config, dotted: str):
   for part in dotted.split("."):
     config = config[part]
   return config
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir` (and its parents); ConfigError in one line if it cannot be used."""
+  if not workdir:
+    raise ConfigError("--workdir is empty: give the folder for the run's files.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except FileExistsError:
+    raise ConfigError(f"workdir {workdir} is a file, not a folder.") from None
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} cannot be created: {e.strerror} "
+                      f"({e.filename or workdir}).") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f"workdir {workdir} is not writable by this user.")
 
 
 def check_resumable(workdir: str, config, num_train_examples: int) -> None:

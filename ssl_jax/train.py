@@ -28,6 +28,7 @@ from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax import run_files
 from ssl_jax import steps
+from ssl_jax import workdir_lock
 from ssl_jax.run_config import ConfigError, bank_lr_note, num_shards, validate_config
 from ssl_jax.state import TrainState
 
@@ -161,12 +162,20 @@ class Loop:
     return flag is not None and float(devices.local_rows(flag)[0]) > 0
 
 
+def source_reason(config) -> str:
+  """Why the run reads config.data.source: `data.source_reason` where it explains
+  this source (`data.source_chosen`), else "set in the config"."""
+  data = config.data
+  if data.get("source_reason") and data.get("source_chosen", data.source) == data.source:
+    return data.source_reason
+  return "set in the config"
+
+
 def _setup_log(config, nd: int, is_main: bool):
   log = print if is_main else (lambda *a, **k: None)
   log(f"ssl_jax: method {config.method}, {config.model.name} (width {config.model.width}, "
       f"{config.model.stem} stem), {nd} {jax.devices()[0].platform} device(s)")
-  log(f"data source: {config.data.source}"
-      + (f" ({config.data.source_reason})" if config.data.get("source_reason") else ""))
+  log(f"data source: {config.data.source} ({source_reason(config)})")
   if note := bank_lr_note(config):
     log(note)
   return log
@@ -186,11 +195,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   nd = jax.local_device_count()
   validate_config(config, nd)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  run_files.prepare_workdir(workdir)
+  with workdir_lock.hold(workdir, log=print if is_main else (lambda *a: None)):
+    return _train_and_evaluate(config, workdir, t_start, nd, is_main)
+
+
+def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: bool) -> dict:
+  """train_and_evaluate once the config is valid and the workdir is held."""
   log = _setup_log(config, nd, is_main)
 
   train, test, skipped = builders.load_data(config, log)
   num_classes = builders.count_classes(train, test)
+  for note in builders.label_notes(train, test):
+    log(note)
   global_batch = int(config.batch_size)
   shards = num_shards(config)
   steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, global_batch, shards)
@@ -401,6 +418,8 @@ def evaluate_checkpoint(workdir: str) -> dict:
   config = run_files.load_run_config(workdir)
   train, test, _ = builders.load_data(config)
   num_classes = builders.count_classes(train, test)
+  for note in builders.label_notes(train, test):
+    log(note)
   model = builders.build_model(config)
   steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, config.batch_size,
                                              num_shards(config))

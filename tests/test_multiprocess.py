@@ -69,6 +69,15 @@ def _finish(procs, timeout=300):
   return outs
 
 
+def _wait_for_checkpoint(procs, workdir, step, timeout=600):
+  """Waits until the checkpoint of `step` is committed, every process still running."""
+  marker = pathlib.Path(workdir) / "checkpoints" / str(step) / "commit_success.txt"
+  deadline = time.time() + timeout
+  while not marker.exists():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.02)
+
+
 def _state(workdir, step=TOTAL_STEPS):
   return ocp.StandardCheckpointer().restore(
       pathlib.Path(workdir) / "checkpoints" / str(step) / "default")
@@ -126,11 +135,7 @@ def test_killing_both_processes_then_rerunning_resumes(two_process_run, tmp_path
   workdir, _ = two_process_run
   port = _free_port()
   procs = _start(tmp_path, 2, 2, port)
-  marker = tmp_path / "checkpoints" / "8" / "commit_success.txt"
-  deadline = time.time() + 600
-  while not marker.exists():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.05)
+  _wait_for_checkpoint(procs, tmp_path, 8, timeout=600)
   for p in procs:
     p.send_signal(signal.SIGKILL)
     p.communicate()
@@ -145,11 +150,7 @@ def test_killing_both_processes_then_rerunning_resumes(two_process_run, tmp_path
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker dies", "coordinator dies"])
 def test_one_process_dying_stops_the_other(tmp_path, victim):
   procs = _start(tmp_path, 2, 2, _free_port())
-  marker = tmp_path / "checkpoints" / "4" / "commit_success.txt"
-  deadline = time.time() + 300
-  while not marker.exists():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.05)
+  _wait_for_checkpoint(procs, tmp_path, 4, timeout=300)
   procs[victim].send_signal(signal.SIGKILL)
   procs[victim].communicate()
   survivor = procs[1 - victim]
@@ -173,11 +174,7 @@ def test_preempting_one_process_stops_every_process_at_the_same_step(two_process
   rerun ends bit-identical to the uninterrupted run."""
   workdir, _ = two_process_run
   procs = _start(tmp_path, 2, 2, _free_port())
-  marker = tmp_path / "checkpoints" / "4" / "commit_success.txt"
-  deadline = time.time() + 600
-  while not marker.exists():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.02)
+  _wait_for_checkpoint(procs, tmp_path, 4, timeout=600)
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=120)[0] for p in procs]
   assert [p.returncode for p in procs] == [143, 143], [o[-1500:] for o in outs]
@@ -188,3 +185,17 @@ def test_preempting_one_process_stops_every_process_at_the_same_step(two_process
   a, b = _state(workdir), _state(tmp_path)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_held_workdir_stops_every_process(tmp_path):
+  """Process 0 finds the workdir held (here by the test's own live process) and
+  refuses; process 1 follows its decision: both exit 1 at once, nothing written."""
+  (tmp_path / "lock.json").write_text(json.dumps(
+      {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+       "token": "the test"}))
+  procs = _start(tmp_path, 2, 2, _free_port())
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [1, 1], outs
+  assert "is in use by another run" in outs[0] and f"process {os.getpid()}" in outs[0], outs[0]
+  assert "process 0 says which" in outs[1], outs[1]
+  assert sorted(os.listdir(tmp_path)) == ["lock.json"]

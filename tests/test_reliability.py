@@ -99,7 +99,10 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
   assert code == -signal.SIGKILL
   before_kill = json.loads((tmp_path / run_files.EPOCH_TIMING).read_text())
+  assert (tmp_path / "lock.json").exists()  # the killed run could not release it
   out = _run(tmp_path)
+  assert "taking over the lock of a run that is gone" in out and "no longer exists" in out
+  assert not (tmp_path / "lock.json").exists()
   resumed_at = int(out.split("resuming from checkpoint at step ")[1].split()[0])
   assert 10 <= resumed_at < TOTAL_STEPS and resumed_at % 7  # mid-epoch
   _assert_same_run(reference_run, tmp_path)
@@ -115,6 +118,28 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   resumed_epoch = history[resumed_at // 7]
   assert resumed_epoch["epoch_seconds"] > carried["seconds"] > 0
   assert summary["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history))
+
+
+@needs_cifar10
+def test_a_second_run_into_a_held_workdir_stops_and_the_first_is_unharmed(reference_run,
+                                                                          tmp_path):
+  first = subprocess.Popen(_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, cwd=REPO, env=ENV)
+  marker = tmp_path / "checkpoints" / "5" / "commit_success.txt"
+  deadline = time.time() + 600
+  while not marker.exists():
+    assert first.poll() is None and time.time() < deadline
+    time.sleep(0.02)
+  second = subprocess.run(_command(tmp_path), capture_output=True, text=True, cwd=REPO, env=ENV,
+                          timeout=600)
+  errors = [l for l in second.stderr.splitlines() if l.strip()]
+  assert second.returncode == 1 and len(errors) == 1, second.stderr[-2000:]
+  assert errors[0].startswith(f"error: {tmp_path} is in use by another run (host ")
+  assert f"process {first.pid}, started " in errors[0]
+  assert "data source" not in second.stdout  # stopped before doing anything
+  out, _ = first.communicate(timeout=600)
+  assert first.returncode == 0, out[-3000:]
+  _assert_same_run(reference_run, tmp_path)
 
 
 @needs_cifar10

@@ -18,9 +18,11 @@ from ml_collections import config_flags
 
 from configs import default
 from experiments import sweep
+from ssl_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "experiments/compare/config.py:<preset>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the runs of every method.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -92,12 +94,14 @@ def plot(summaries: dict, path: str) -> bool:
 
 
 def main(argv) -> None:
-  del argv
+  cli.no_positional_arguments(argv)
   logging.set_verbosity(logging.WARNING)
   import jax
   config = flags.FLAGS.config
   workdir = _WORKDIR.value
-  summaries = {m: run_method(config.base, m, os.path.join(workdir, m)) for m in config.methods}
+  summaries = cli.run_guarded(
+      lambda: {m: run_method(config.base, m, os.path.join(workdir, m)) for m in config.methods},
+      _DEBUG.value)
   first = next(iter(summaries.values()))
   rows = table_rows(summaries)
   meta = {
@@ -120,4 +124,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -6,7 +6,6 @@ import sys
 from typing import Callable, Optional
 
 from experiments.sweep.runs import run_sweep
-from experiments.sweep.overrides import SweepError
 
 
 def main(module: str, report: Callable, variants: Optional[Callable] = None) -> None:
@@ -20,24 +19,22 @@ def main(module: str, report: Callable, variants: Optional[Callable] = None) -> 
   """
   from absl import app, flags, logging
   from ml_collections import config_flags
+  from ssl_jax import cli
   folder = module.rsplit(".", 1)[0].replace(".", "/")
   config_flags.DEFINE_config_file("config", None, f"{folder}/config.py:<preset>")
   workdir = flags.DEFINE_string("workdir", None, "Folder for the runs of every variant.")
+  debug = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def run(argv) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.no_positional_arguments(argv)
     logging.set_verbosity(logging.WARNING)
     config = flags.FLAGS.config
     if variants is not None:
       with config.unlocked():
         config.variants = variants(config)
-    try:
-      results = run_sweep(config, workdir.value)
-    except SweepError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    # SweepError is a ValueError: like every user error, one `error:` line.
+    results = cli.run_guarded(lambda: run_sweep(config, workdir.value), debug.value)
     print(report(config, results, f"python -m {module} " + " ".join(sys.argv[1:])))
 
-  app.run(run)
+  app.run(run, flags_parser=cli.parse_flags)

@@ -21,7 +21,7 @@ from configs import default
 from experiments.sweep.overrides import SweepError, parse_variants, variant_config
 
 # Fields that say where things are or how often to log, not what is trained.
-IGNORED_FIELDS = ("data.source_reason", "data.cache_dir", "data.tfds_data_dir",
+IGNORED_FIELDS = ("data.source_reason", "data.source_chosen", "data.cache_dir", "data.tfds_data_dir",
                   "log_every_steps", "checkpoint_every_epochs", "checkpoint_every_steps",
                   "keep_checkpoints")
 
