@@ -419,7 +419,7 @@ def evaluate_checkpoint(workdir: str) -> dict:
   train, test, _ = builders.load_data(config)
   num_classes = builders.count_classes(train, test)
   for note in builders.label_notes(train, test):
-    log(note)
+    print(note)
   model = builders.build_model(config)
   steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, config.batch_size,
                                              num_shards(config))
