@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 # What a user can fix from the message alone: bad configs and data
 # (ValueError: ConfigError, DataError), missing files, a missing optional
@@ -153,6 +153,24 @@ def quiet_libraries(debug: bool) -> None:
   progress bars; --debug brings them back."""
   from absl import logging
   logging.set_verbosity(logging.INFO if debug else logging.WARNING)
+
+
+def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> None:
+  """The shell of a command line whose flags are defined: `--debug`, the required
+  flags, one-line errors for flags and for `work`'s user errors; prints what
+  `work()` returns."""
+  from absl import app, flags
+  flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
+  flags.mark_flags_as_required(list(required))
+
+  def run(argv) -> None:
+    no_positional_arguments(argv)
+    quiet_libraries(flags.FLAGS.debug)
+    message = run_guarded(work, flags.FLAGS.debug)
+    if message:
+      print(message)
+
+  app.run(run, flags_parser=parse_flags)
 
 
 def evaluate_command() -> None:

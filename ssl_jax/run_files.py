@@ -81,12 +81,16 @@ def check_resumable(workdir: str, config, num_train_examples: int) -> None:
         f"--workdir.")
 
 
-def write_text_atomic(path: str, text: str) -> None:
+def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes `path` whole: a temporary file renamed over it, so a crash leaves the old one."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
   os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -33,15 +33,50 @@ class Decoded(NamedTuple):
   class_names: tuple
 
 
-def _to_rgb_array(img, size: int, name: str) -> np.ndarray:
+def as_pil(image):
+  """A PIL image, or an array [H, W] / [H, W, 1|3|4] (uint8; uint16 and floats in
+  [0, 1] or [0, 255] are scaled to uint8), as a PIL image."""
+  from PIL import Image
+  if isinstance(image, Image.Image):
+    return image
+  x = np.asarray(image)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] not in (3, 4)) or 0 in x.shape:
+    raise ValueError(f"an image array is [H, W] or [H, W, 3 or 4], got shape {list(x.shape)}.")
+  if x.dtype == np.uint16:
+    x = x / 257.0
+  elif x.dtype.kind == "f" and x.size and float(np.nanmax(x)) <= 1.0:
+    x = x * 255.0
+  if x.dtype != np.uint8:
+    x = np.clip(np.round(np.nan_to_num(x)), 0, 255).astype(np.uint8)
+  return Image.fromarray(x)
+
+
+def _to_8_bit(img):
+  """16-bit and 32-bit grayscale (PNG 'I;16', 'I', 'F') scaled to 8 bits, not clipped."""
+  from PIL import Image
+  if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+    x = np.asarray(img, np.float64)
+    top = 1.0 if img.mode == "F" and x.max() <= 1.0 else (255.0 if x.max() <= 255 else 65535.0)
+    return Image.fromarray(np.clip(np.round(x * 255.0 / top), 0, 255).astype(np.uint8))
+  return img
+
+
+def to_rgb_array(img, size: int, name: str) -> np.ndarray:
   """PIL image (any mode, any size) -> uint8 [size, size, 3].
 
-  Grayscale, palette and RGBA images are converted to RGB (alpha dropped).
-  Non-square or other-sized images are resized so the short side is `size`,
-  then centre-cropped: the usual evaluation transform, applied once at decode.
+  The EXIF orientation is applied (a photo stored sideways comes out
+  upright); grayscale, 16-bit, palette, CMYK and RGBA images are converted to
+  RGB (alpha dropped). Non-square or other-sized images are resized so the
+  short side is `size`, then centre-cropped: the usual evaluation
+  transform, applied once at decode.
   """
-  from PIL import Image  # Pillow is a core dependency; imported here to keep import light.
+  from PIL import Image, ImageOps  # Pillow is a core dependency; imported here to keep import light.
   try:
+    img = _to_8_bit(ImageOps.exif_transpose(img))
+    if img.mode == "P" and "transparency" in img.info:
+      img = img.convert("RGBA")  # Pillow's advice for palettes with transparency
     img = img.convert("RGB")
     w, h = img.size
     if (w, h) != (size, size):
@@ -53,6 +88,11 @@ def _to_rgb_array(img, size: int, name: str) -> np.ndarray:
     return np.asarray(img, np.uint8)
   except Exception as e:  # Pillow raises many types on truncated files
     raise DataError(f"cannot decode image {name}: {e}") from e
+
+
+def load_image(data: bytes, size: int, name: str) -> np.ndarray:
+  """Encoded image bytes -> uint8 [size, size, 3]; DataError naming `name` if undecodable."""
+  return to_rgb_array(_open_image(data, name), size, name)
 
 
 def _open_image(data: bytes, name: str):
@@ -128,7 +168,7 @@ def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
   try:
     for n, (c, e) in enumerate(entries):
       try:
-        images.append(_to_rgb_array(_open_image(read(e), name(e)), size, name(e)))
+        images.append(load_image(read(e), size, name(e)))
         labels.append(label_of[c])
       except DataError as err:
         if not skip_corrupt:

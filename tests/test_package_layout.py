@@ -6,6 +6,8 @@ import pathlib
 import re
 import sys
 
+import pytest
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ssl_jax"
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
 MAX_LINES = 450
@@ -107,12 +109,11 @@ def test_no_hand_written_event_encoding():
 
 
 def _declared():
-  text = PYPROJECT.read_text()
-  core = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
-  names = lambda block: {re.split(r"[<>=\[ ]", s.strip().strip('"'))[0].lower()
-                         for s in re.findall(r'"([^"]+)"', block)}
-  extras = re.search(r"^\[project.optional-dependencies\](.*?)^\[", text, re.S | re.M).group(1)
-  return names(core), names(extras)
+  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  project = tomllib.loads(PYPROJECT.read_text())["project"]
+  names = lambda specs: {re.split(r"[<>=\[ ;]", s.strip())[0].lower() for s in specs}
+  extras = [s for group in project.get("optional-dependencies", {}).values() for s in group]
+  return names(project["dependencies"]), names(extras)
 
 
 def test_every_imported_package_is_declared_and_every_core_dependency_used():

@@ -1,0 +1,45 @@
+"""Export a trained encoder to one file:
+
+    python -m ssl_jax.export --workdir runs/quickstart --out model.msgpack
+
+The file (flax serialization, msgpack) holds the parameters and BatchNorm
+statistics of the latest checkpoint (or `--step`) and the run's config; no
+bank and no optimizer state. `ssl_jax.load_encoder("model.msgpack")` reads it
+without orbax and without the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def folder_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def main() -> None:
+  from absl import flags
+  from ssl_jax import cli
+  flags.DEFINE_string("workdir", None, "The training workdir.")
+  flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+  flags.DEFINE_string("out", None, "The file to write, e.g. model.msgpack.")
+  f = flags.FLAGS
+
+  def work() -> str:
+    from ssl_jax import encoder as encoder_lib
+    from ssl_jax.embed import check_writable
+    from ssl_jax.run_files import write_bytes_atomic
+    check_writable(f.out)
+    if not os.path.isdir(f.workdir):
+      raise FileNotFoundError(f"--workdir {f.workdir}: no such folder.")
+    encoder = encoder_lib.load_encoder(f.workdir, f.step)
+    data = encoder_lib.export_bytes(encoder)
+    write_bytes_atomic(f.out, data)
+    checkpoint = folder_bytes(os.path.join(f.workdir, "checkpoints", str(encoder.step)))
+    return (f"wrote {f.out}: {len(data) / 2**20:.2f} MiB (step {encoder.step}; the "
+            f"checkpoint, with bank and optimizer state, is {checkpoint / 2**20:.2f} MiB)")
+  cli.run_command(work, ["workdir", "out"])
+
+
+if __name__ == "__main__":
+  main()
