@@ -2,6 +2,8 @@
 
     python -m benchmarks.run --config benchmarks/config.py:cpu
     python -m benchmarks.run --config benchmarks/config.py:gpu
+    python -m benchmarks.run --config benchmarks/config.py:gpu_core   (experiments/gpu.sh)
+    python -m benchmarks.run --config benchmarks/config.py:smoke      (toy sizes)
 
 Every field can be overridden, e.g. `--config.bank_sizes=(10000,)`.
 """
@@ -45,8 +47,34 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.bank_sizes = (10_000, 100_000, 1_281_167, 10_000_000)
     c.bank_memory_limit_gb = 60.0
     c.epoch_images = 50_000
+  elif preset == "gpu_core":
+    # The rows experiments/gpu.sh takes, in about 3 minutes of one GPU: each
+    # method's step at ResNet-18 / batch 512 / bf16, both bank passes, the peak,
+    # the input pipeline and the resident vs streaming epoch.
+    c.grid = (("resnet18", 1.0, 512, ALL, (True,)),)
+    c.dtype = "bfloat16"
+    c.warmup_steps = 3
+    c.timed_steps = 20
+    c.matmul_size = 8192
+    c.bank_sizes = (100_000, 1_281_167)
+    c.bank_memory_limit_gb = 60.0
+    c.epoch_images = 50_000
+  elif preset == "smoke":
+    # Toy sizes, seconds on CPU: `SMOKE=1 bash experiments/gpu.sh` and its test.
+    c.grid = (("resnet18", 0.125, 32, ALL, (True,)),)
+    c.dtype = "float32"
+    c.warmup_steps = 1
+    c.timed_steps = 1
+    c.matmul_size = 256
+    c.bank_sizes = (1_000,)
+    c.bank_batch = 64
+    c.bank_memory_limit_gb = 2.0
+    c.pipeline_decode_images = 100
+    c.pipeline_batch = 64
+    c.bank_rows = 1_000
+    c.epoch_images = 0
   else:
-    raise ValueError(f"preset must be 'cpu' or 'gpu', got {preset!r}.")
+    raise ValueError(f"preset must be 'cpu', 'gpu', 'gpu_core' or 'smoke', got {preset!r}.")
   c.results = f"benchmarks/results/{preset}"   # writes <results>.json and <results>.md
   c.data_source = ""            # '' = the shared CIFAR-10 archive (or TFDS cifar10)
   return c

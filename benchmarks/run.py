@@ -42,13 +42,8 @@ def _block(tree):
 
 
 def _cost_flops(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # not every backend implements it
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  from ssl_jax import compute  # the count config.train_flops plans with
+  return compute.cost_flops(compiled)
 
 
 def _memory_bytes(compiled) -> int | None:
@@ -359,7 +354,7 @@ def main(argv) -> None:
   source = cfg.data_source or default.cifar10_source()[0]
   # The training recipe around the measured steps: the quickstart's on CPU,
   # configs/cifar10.py's (batch 512) on a GPU.
-  base = (quickstart if cfg.preset == "cpu" else cifar10).get_config()
+  base = (quickstart if cfg.preset in ("cpu", "smoke") else cifar10).get_config()
   base.unlock()
   base.data.source = source
   check_config(cfg, int(base.batch_size))

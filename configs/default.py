@@ -125,6 +125,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
 
   config.batch_size = 512
   config.num_epochs = 200
+  # > 0: a FLOP budget instead: the run takes as many whole epochs as fit it,
+  # with every schedule planned over them (ssl_jax/compute.py).
+  config.train_flops = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every_epochs = 10     # kNN during training; 0 for only at the end

@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")
   if config.num_epochs < 1:
     raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
+  if float(config.get("train_flops", 0) or 0) < 0:
+    raise ConfigError(f"config.train_flops must be >= 0 (0: off), got {config.train_flops}.")
   total_devices = num_devices * jax.process_count()
   if config.batch_size < 1 or config.batch_size % total_devices:
     raise ConfigError(

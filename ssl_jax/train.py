@@ -21,6 +21,7 @@ import numpy as np
 
 from ssl_jax import builders
 from ssl_jax import checkpoint
+from ssl_jax import compute
 from ssl_jax import data as data_lib
 from ssl_jax import devices
 from ssl_jax import evaluate
@@ -80,6 +81,7 @@ class Loop:
   state: TrainState
   step: int
   history: list
+  flops_plan: dict = dataclasses.field(default_factory=dict)  # compute.plan's, with a budget
   carried: tuple = (0.0, 0)
   epoch: int = 0
   start: int = 0
@@ -216,6 +218,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
                       f"({train.num_examples} images after config.data.fraction="
                       f"{config.data.fraction}, in {shards} shard(s)).")
   run_files.check_resumable(workdir, config, train.num_examples)
+  given = config  # config.json keeps what was asked; a FLOP budget plans num_epochs
+  config, flops_plan = compute.plan(config, train, steps_per_epoch, workdir, log)
   on_device = bool(config.data.get("on_device", False))
   if on_device:
     builders.check_resident_fits(train)
@@ -257,7 +261,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
                if "epoch_seconds" in r]
     carried = run_files.carried_epoch_time(workdir, int(state.step), steps_per_epoch)
   if is_main:
-    run_files.write_config(workdir, config)
+    run_files.write_config(workdir, given)
     run_files.write_run_info(workdir, config, train.num_examples)
 
   step_fn = builders.make_train_step(config, model, tx, total_steps, train.num_examples)
@@ -269,6 +273,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   host_augment = None if config.augment.on_device else builders.make_host_augment(
       aug_cfg, devices.unreplicate(state.rng))
   loop = Loop(config=config, workdir=workdir, train=train, steps_per_epoch=steps_per_epoch,
+              flops_plan=flops_plan,
               schedule=schedule, manager=manager,
               writer=reporting.MetricWriter(workdir, enabled=is_main), is_main=is_main,
               state=state, step=step, history=history, carried=carried)
@@ -403,6 +408,7 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       # carry an interrupted epoch's seconds), compilation included.
       "train_seconds": sum(r["epoch_seconds"] for r in history),
       "wall_seconds": time.time() - t_start,
+      **loop.flops_plan,
       "history": history,
   }
   if loop.is_main:

@@ -1,0 +1,120 @@
+"""Training compute: FLOPs of a train step, and runs planned to a FLOP budget.
+
+`config.train_flops` > 0 makes a run take as many whole epochs as fit the
+budget, counting each step's FLOPs from XLA's cost analysis of the compiled
+pmapped step (`step_flops`, the count the benchmarks report). The learning
+rate schedule, its warmup and BYOL's EMA schedule are then planned over
+exactly those epochs, so every method gets a complete schedule inside the
+same budget: "equal compute" rather than "equal epochs".
+
+The plan is kept in `<workdir>/flops_plan.json`: a resumed run takes the same
+number of epochs even where another device would count the FLOPs a little
+differently.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from ssl_jax import builders
+from ssl_jax import data as data_lib
+from ssl_jax import devices
+from ssl_jax import run_files
+from ssl_jax.run_config import ConfigError
+
+PLAN_FILE = "flops_plan.json"
+
+
+def cost_flops(compiled: Any) -> Optional[float]:
+  """FLOPs of one device's program from XLA's cost analysis, or None where the
+  backend gives none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001  not every backend implements it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
+  """FLOPs of one global train step of `config`, over every device of every process.
+
+  The pmapped step is compiled for abstract arguments of the shapes the loop
+  feeds it (no state is allocated) and XLA's count for one device is
+  multiplied by the device count. Augmentation counts where it runs on the
+  device (the default); host augmentation (`augment.on_device=False`) is not
+  counted. The device-resident gather (`data.on_device`) adds no FLOPs that
+  matter and is not compiled here.
+  """
+  nd = jax.local_device_count()
+  model = builders.build_model(config)
+  _, tx = builders.build_optimizer(config, steps_per_epoch)
+  state = jax.eval_shape(lambda: builders.initial_state(config, model, tx, train.num_examples))
+  stacked = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((nd, *x.shape), x.dtype),
+                                   state)
+  if builders.is_sharded(config):
+    rows = -(-train.num_examples // jax.device_count())
+    stacked = stacked.replace(bank=jax.ShapeDtypeStruct((nd, rows, state.bank.shape[1]),
+                                                        state.bank.dtype))
+  batch = next(data_lib.train_batches(train, global_batch=int(config.batch_size),
+                                      num_local_devices=nd, seed=config.seed, epoch=0))
+  batch = {"image": batch["image"], "index": batch["index"]}
+  if not config.augment.on_device:
+    batch = builders.make_host_augment(builders.augment_config(config),
+                                       np.zeros(2, np.uint32))(batch, 0)
+  inputs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  step_fn = builders.make_train_step(config, model, tx, steps_per_epoch * config.num_epochs,
+                                     train.num_examples)
+  compiled = jax.pmap(step_fn, axis_name=devices.AXIS).lower(stacked, inputs).compile()
+  per_device = cost_flops(compiled)
+  if not per_device:
+    raise ConfigError("config.train_flops needs XLA's cost analysis, which this backend "
+                      f"({jax.devices()[0].platform}) does not give; set num_epochs instead.")
+  return per_device * jax.device_count()
+
+
+def plan(config, train: data_lib.Split, steps_per_epoch: int, workdir: str,
+         log=print) -> tuple[Any, dict]:
+  """(config with num_epochs planned to config.train_flops, the plan) or (config, {}) when off.
+
+  The plan: train_flops (the budget used: whole epochs only), train_flops_budget,
+  flops_per_step, flops_per_image, epochs.
+  """
+  budget = float(config.get("train_flops", 0) or 0)
+  if budget <= 0:
+    return config, {}
+  path = os.path.join(workdir, PLAN_FILE)
+  saved = None
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+  if saved and saved.get("train_flops_budget") == budget:
+    per_step = float(saved["flops_per_step"])
+    log(f"FLOP budget {budget:.4g}: the plan in {path}")
+  else:
+    log(f"FLOP budget {budget:.4g}: counting the step's FLOPs (one compilation)...")
+    per_step = step_flops(config, train, steps_per_epoch)
+  per_epoch = per_step * steps_per_epoch
+  epochs = int(math.floor(budget / per_epoch * (1 + 1e-9)))  # a budget of exactly k epochs
+  if epochs < 1:
+    raise ConfigError(f"config.train_flops ({budget:.4g}) does not cover one epoch "
+                      f"({per_epoch:.4g} FLOPs: {steps_per_epoch} steps of {per_step:.4g}).")
+  result = {"train_flops": epochs * per_epoch, "train_flops_budget": budget,
+            "flops_per_step": per_step, "flops_per_image": per_step / int(config.batch_size),
+            "epochs": epochs}
+  if jax.process_index() == 0:
+    run_files.write_json_atomic(path, result)
+  log(f"FLOP budget {budget:.4g}: {epochs} epochs of {per_epoch:.4g} FLOPs "
+      f"({result['flops_per_image']:.4g} per image), {result['train_flops']:.4g} used")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.num_epochs = epochs
+  return config, result
