@@ -153,7 +153,9 @@ def _knn_predict(train_feats, train_labels, test_feats, *, k: int, temperature: 
   # [b, D] x [N, D]^T -> [b, N] cosine similarities (rows are unit-norm).
   sim = test_feats @ train_feats.T
   top_sim, top_idx = jax.lax.top_k(sim, k)                    # [b, k]
-  weights = jnp.exp(top_sim / temperature)                    # NPID's vote weights
+  # NPID's vote weights exp(s / T), scaled by exp(-max s / T) so a low temperature
+  # cannot overflow float32 (a common factor: the vote is unchanged).
+  weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
   votes = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [b, k, C]
   return jnp.argmax(jnp.sum(weights[..., None] * votes, axis=1), axis=-1)
 

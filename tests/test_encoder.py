@@ -219,15 +219,3 @@ def test_the_readme_python_block_runs(run, tmp_path):
   assert scope["image"].shape == (32, 32, 3) and scope["z"].shape == (1, 128)
   assert scope["h"].shape[0] == 1
 
-
-@needs_cifar10
-def test_embedding_a_tfds_split(run):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  from ssl_jax import embed
-  encoder = ssl_jax.load_encoder(str(run[0]))
-  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-    images = embed.open_images("tfds:cifar10:test", encoder.image_size)
-    arrays = embed.embed_images(encoder, images, batch_size=5, progress=False)
-  assert arrays["h"].shape[0] == 12 and list(arrays["paths"]) == [str(i) for i in range(12)]
-  assert str(arrays["root"]) == "tfds:cifar10:test" and len(arrays["class_names"]) == 10
-  np.testing.assert_array_equal(arrays["z"], encoder.embed(images.decoded)[1])

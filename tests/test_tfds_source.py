@@ -62,3 +62,20 @@ def test_tfds_process_reads_only_its_slice(tmp_path):
     assert [q.num_examples for q in parts] == [len(sub)] * 2
     np.testing.assert_array_equal(np.concatenate([q.images for q in parts]), sub.images)
     np.testing.assert_array_equal(np.concatenate([q.labels for q in parts]), sub.labels)
+
+
+def test_embedding_a_tfds_split_with_an_encoder():
+  """`python -m ssl_jax.embed --images tfds:NAME:SPLIT` reads the split through TFDS."""
+  import jax
+  from ssl_jax import builders, embed, encoder as encoder_lib
+  from tests.helpers import tiny_config
+  config = tiny_config()
+  model = builders.build_model(config, bn_axis_name=None)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  encoder = encoder_lib.Encoder(config, dict(variables), encoder_lib._apply_fn(config), 0)
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    images = embed.open_images("tfds:cifar10:test", encoder.image_size)
+    arrays = embed.embed_images(encoder, images, batch_size=5, progress=False)
+  assert arrays["h"].shape[0] == 12 and list(arrays["paths"]) == [str(i) for i in range(12)]
+  assert str(arrays["root"]) == "tfds:cifar10:test" and len(arrays["class_names"]) == 10
+  np.testing.assert_array_equal(arrays["z"], encoder.embed(images.decoded)[1])

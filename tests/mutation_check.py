@@ -1,0 +1,133 @@
+"""Planted bugs, one at a time: which does the fast test suite catch?
+
+    python tests/mutation_check.py                  # every mutant against its tests
+    python tests/mutation_check.py --without tests/test_augment_reference.py,tests/test_reference_variants.py
+
+Each mutant is one realistic bug in a core module (losses, bank, augmentation,
+methods, evaluation): the source line is replaced, the tests that cover that
+module run (`pytest -x`), the file is restored. A mutant is killed when a test
+fails. `--without` leaves test files out (the suite as it was before them), so
+the two runs give the kill rate before and after. Writes a Markdown table to
+`--out` (default tests/mutation_results.md) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+AUGMENT_TESTS = ["tests/test_augment_and_models.py", "tests/test_augment_reference.py"]
+LOSS_TESTS = ["tests/test_losses_and_bank.py", "tests/test_reference_variants.py",
+              "tests/test_fused_bank.py::test_fused_pass_matches_float64_reference"]
+EVAL_TESTS = ["tests/test_evaluate_and_reporting.py", "tests/test_reference_variants.py"]
+
+# (name, file, text to replace, replacement, tests)
+MUTANTS = [
+    ("contrast blended around each pixel's gray", "ssl_jax/augment.py",
+     "x = jnp.clip((x - jnp.mean(_gray(x))) * u(kc, c) + jnp.mean(_gray(x)), 0.0, 1.0)",
+     "x = jnp.clip((x - _gray(x)) * u(kc, c) + _gray(x), 0.0, 1.0)", AUGMENT_TESTS),
+    ("saturation blended around the image's mean gray", "ssl_jax/augment.py",
+     "x = jnp.clip((x - _gray(x)) * u(ks, s) + _gray(x), 0.0, 1.0)",
+     "x = jnp.clip((x - jnp.mean(_gray(x))) * u(ks, s) + jnp.mean(_gray(x)), 0.0, 1.0)",
+     AUGMENT_TESTS),
+    ("brightness added instead of multiplied", "ssl_jax/augment.py",
+     "x = jnp.clip(x * u(kb, b), 0.0, 1.0)", "x = jnp.clip(x + u(kb, b) - 1.0, 0.0, 1.0)",
+     AUGMENT_TESTS),
+    ("hue shift range doubled", "ssl_jax/augment.py",
+     "shift = jax.random.uniform(kh, (), minval=-hue, maxval=hue)",
+     "shift = jax.random.uniform(kh, (), minval=-2 * hue, maxval=2 * hue)", AUGMENT_TESTS),
+    ("luma weights of red and blue swapped", "ssl_jax/augment.py",
+     "[0.299, 0.587, 0.114]", "[0.114, 0.587, 0.299]", AUGMENT_TESTS),
+    ("every instance of a batch gets the same view", "ssl_jax/augment.py",
+     "keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)",
+     "keys = jax.vmap(lambda i: key)(idx)", AUGMENT_TESTS),
+    ("flip with probability 0.2", "ssl_jax/augment.py",
+     "jax.random.bernoulli(k_flip)", "jax.random.bernoulli(k_flip, 0.2)", AUGMENT_TESTS),
+    ("crop aspect ratio ignored", "ssl_jax/augment.py",
+     "aspect = jnp.exp(log_r)", "aspect = jnp.exp(0.0 * log_r)", AUGMENT_TESTS),
+    ("crop area drawn from twice the scale", "ssl_jax/augment.py",
+     "area = h * w * jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])",
+     "area = h * w * jax.random.uniform(k_area, (), minval=scale[0], maxval=2 * scale[1])",
+     AUGMENT_TESTS),
+    ("blur kernel not normalised", "ssl_jax/augment.py", "  k = k / jnp.sum(k)\n", "\n",
+     AUGMENT_TESTS),
+    ("two views from one key", "ssl_jax/steps.py",
+     "augment.augment_batch(jax.random.fold_in(key, v), batch[\"image\"], idx, aug_cfg)",
+     "augment.augment_batch(key, batch[\"image\"], idx, aug_cfg)",
+     ["tests/test_two_views.py", "tests/test_train_step.py"]),
+    ("kNN votes from k + 1 neighbours", "ssl_jax/evaluate.py",
+     "top_sim, top_idx = jax.lax.top_k(sim, k)", "top_sim, top_idx = jax.lax.top_k(sim, k + 1)",
+     EVAL_TESTS),
+    ("kNN weights ignore the temperature", "ssl_jax/evaluate.py",
+     "weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)",
+     "weights = jnp.exp(top_sim - top_sim[:, :1])", EVAL_TESTS),
+    ("autodiff bank transition without its factor B", "ssl_jax/bank_objective.py",
+     "g = jax.grad(lambda s: loss_from_logits(s, idx, cfg)[0])(s) * s.shape[0]",
+     "g = jax.grad(lambda s: loss_from_logits(s, idx, cfg)[0])(s)", LOSS_TESTS),
+    ("SqrtKL term of the logit gradient with the wrong sign", "ssl_jax/losses.py",
+     "jnp.asarray(kl_weight, jnp.float32) * (p - q)",
+     "jnp.asarray(kl_weight, jnp.float32) * (q - p)", LOSS_TESTS),
+    ("gradient bank update without the temperature", "ssl_jax/bank.py",
+     "/ (batch * jnp.asarray(temperature, jnp.float32))", "/ batch", LOSS_TESTS),
+    ("momentum update not renormalised", "ssl_jax/bank.py",
+     "return bank.at[idx].set(normalize_rows(rows).astype(bank.dtype))",
+     "return bank.at[idx].set(rows.astype(bank.dtype))",
+     LOSS_TESTS),
+]
+
+
+def run_tests(tests: list[str], without: set[str], timeout: int) -> tuple[bool, float]:
+  """(a test failed, seconds) for `tests` minus the files in `without`."""
+  chosen = [t for t in tests if t.split("::")[0] not in without
+            and (REPO / t.split("::")[0]).exists()]
+  if not chosen:
+    return False, 0.0
+  t0 = time.time()
+  try:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           *chosen], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    failed = proc.returncode != 0
+  except subprocess.TimeoutExpired:
+    failed = True  # a hang counts as caught
+  return failed, time.time() - t0
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--without", default="", help="comma-separated test files to leave out")
+  parser.add_argument("--out", default="tests/mutation_results.md")
+  parser.add_argument("--timeout", type=int, default=600)
+  args = parser.parse_args()
+  without = {w for w in args.without.split(",") if w}
+  rows, killed = [], 0
+  for name, path, old, new, tests in MUTANTS:
+    file = REPO / path
+    source = file.read_text()
+    if source.count(old) != 1:
+      raise SystemExit(f"mutant {name!r}: {old!r} occurs {source.count(old)} times in {path}")
+    file.write_text(source.replace(old, new))
+    try:
+      failed, seconds = run_tests(tests, without, args.timeout)
+    finally:
+      file.write_text(source)
+    killed += failed
+    rows.append(f"| {name} | `{path}` | {'killed' if failed else '**survived**'} | {seconds:.0f} |")
+    print(rows[-1], flush=True)
+  table = "\n".join([
+      f"Planted bugs: {killed} of {len(MUTANTS)} killed"
+      + (f" (without {', '.join(sorted(without))})" if without else "") + ".", "",
+      "| planted bug | file | result | seconds |", "| --- | --- | --- | --- |", *rows, ""])
+  out = REPO / args.out
+  out.write_text(table)
+  print(table)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  main()
