@@ -152,7 +152,7 @@ def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
     step = steps[-1]
   elif step not in steps:
     raise EncoderError(f"{workdir} has no checkpoint at step {step} (it has {steps}).")
-  path = os.path.join(folder, str(step), "default")
+  path = os.path.abspath(os.path.join(folder, str(step), "default"))  # orbax wants absolute
   try:
     from etils import epath
     saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree

@@ -82,20 +82,22 @@ MUTANTS = [
 ]
 
 
-def run_tests(tests: list[str], without: set[str], timeout: int) -> tuple[bool, float]:
-  """(a test failed, seconds) for `tests` minus the files in `without`."""
+def run_tests(tests: list[str], without: set[str], timeout: int) -> tuple[str, float]:
+  """(the first failing test, or '' if all pass; seconds) for `tests` minus `without`."""
   chosen = [t for t in tests if t.split("::")[0] not in without
             and (REPO / t.split("::")[0]).exists()]
   if not chosen:
-    return False, 0.0
+    return "", 0.0
   t0 = time.time()
   try:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            *chosen], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    failed = proc.returncode != 0
   except subprocess.TimeoutExpired:
-    failed = True  # a hang counts as caught
-  return failed, time.time() - t0
+    return "(a hang: timed out)", time.time() - t0
+  if proc.returncode == 0:
+    return "", time.time() - t0
+  failed = [l.split(" ")[1] for l in proc.stdout.splitlines() if l.startswith(("FAILED", "ERROR"))]
+  return (failed[0] if failed else f"(exit status {proc.returncode})"), time.time() - t0
 
 
 def main() -> None:
@@ -113,11 +115,12 @@ def main() -> None:
       raise SystemExit(f"mutant {name!r}: {old!r} occurs {source.count(old)} times in {path}")
     file.write_text(source.replace(old, new))
     try:
-      failed, seconds = run_tests(tests, without, args.timeout)
+      caught_by, seconds = run_tests(tests, without, args.timeout)
     finally:
       file.write_text(source)
-    killed += failed
-    rows.append(f"| {name} | `{path}` | {'killed' if failed else '**survived**'} | {seconds:.0f} |")
+    killed += bool(caught_by)
+    result = f"killed by `{caught_by}`" if caught_by else "**survived**"
+    rows.append(f"| {name} | `{path}` | {result} | {seconds:.0f} |")
     print(rows[-1], flush=True)
   table = "\n".join([
       f"Planted bugs: {killed} of {len(MUTANTS)} killed"

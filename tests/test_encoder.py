@@ -78,6 +78,12 @@ def test_load_encoder_embeds_what_evaluation_computes(run):
   np.testing.assert_allclose(np.asarray(jz), z[:5], atol=1e-5)
   with pytest.raises(ssl_jax.EncoderError, match=r"no checkpoint at step 3 \(it has \[7\]\)"):
     ssl_jax.load_encoder(str(workdir), step=3)
+  # A relative path works too (orbax itself takes absolute paths only).
+  os.chdir(workdir.parent)
+  try:
+    assert ssl_jax.load_encoder(workdir.name).step == 7
+  finally:
+    os.chdir(REPO)
 
 
 @needs_cifar10

@@ -133,3 +133,38 @@ def test_knn_votes_do_not_overflow_at_a_low_temperature():
   assert _knn_reference(train, labels, test, 4, 0.003, 2).tolist() == [1]
   got = evaluate._knn_predict(train, labels, test, k=4, temperature=0.003, num_classes=2)
   assert int(got[0]) == 1
+
+
+def _softmax_regression(x, y, num_classes, steps=3000, lr=0.5):
+  """The reference solver: full-batch gradient descent on the mean softmax cross-entropy
+  of standardised features (float64), to convergence."""
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  x = (x - mean) / std
+  w, b = np.zeros((x.shape[1], num_classes)), np.zeros(num_classes)
+  onehot = np.eye(num_classes)[y]
+  for _ in range(steps):
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    w -= lr * x.T @ (p - onehot) / len(x)
+    b -= lr * (p - onehot).mean(0)
+  return lambda t: np.argmax(((t - mean) / std) @ w + b, axis=1)
+
+
+def test_the_linear_probe_agrees_with_a_reference_solver():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 6)) * 3.0
+  def blobs(n, spread):
+    y = rng.integers(0, 4, n)
+    return centres[y] + spread * rng.normal(size=(n, 6)), y
+  # Separable: both classify every test point right.
+  xtr, ytr = blobs(1024, 0.3)
+  xte, yte = blobs(200, 0.3)
+  assert evaluate.linear_probe(xtr, ytr, xte, yte, num_classes=4, epochs=50, lr=1e-2) == 1.0
+  assert np.mean(_softmax_regression(xtr, ytr, 4)(xte) == yte) == 1.0
+  # Overlapping classes: the probe's accuracy is the reference's, within 2 points.
+  xtr, ytr = blobs(2048, 2.5)
+  xte, yte = blobs(1000, 2.5)
+  ref = np.mean(_softmax_regression(xtr, ytr, 4)(xte) == yte)
+  got = evaluate.linear_probe(xtr, ytr, xte, yte, num_classes=4, epochs=100, lr=1e-2)
+  assert 0.4 < ref < 0.95 and abs(got - ref) <= 0.02, (got, ref)
