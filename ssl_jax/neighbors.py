@@ -85,8 +85,8 @@ def grid(thumbs: np.ndarray, neighbours: np.ndarray, sims: np.ndarray,
          match: Optional[np.ndarray] = None):
   """The picture (PIL image): row q is thumbs[q] then thumbs of neighbours[q].
 
-  thumbs: uint8 [N, cell, cell, 3] indexed like the embeddings (only the rows
-  used are read); neighbours [Q, k] with the query first: [Q, 1 + k];
+  thumbs: uint8 [R, cell, cell, 3], the images neighbours' entries index;
+  neighbours: [Q, 1 + k], the query first, then its k neighbours;
   sims [Q, k]; match [Q, k] bool frames neighbours green (True) or red.
   """
   from PIL import Image, ImageDraw
@@ -159,11 +159,12 @@ def main() -> None:
     labels = data.get("labels")
     match = None if labels is None else labels[idx] == labels[np.asarray(queries)][:, None]
     table = np.concatenate([np.asarray(queries)[:, None], idx], axis=1)
-    thumbs = thumbnails(data, sorted(set(table.ravel().tolist())), f.cell)
-    stack = np.zeros((len(z), f.cell, f.cell, 3), np.uint8)
-    for r, t in thumbs.items():
-      stack[r] = t
-    grid(stack, table, sims, match).save(f.out, optimize=True)
+    # Only the pictured rows are read, into [R, cell, cell, 3]; the table is renumbered
+    # to them (an array over all N rows would take N * cell^2 * 3 bytes).
+    rows, compact = np.unique(table, return_inverse=True)
+    thumbs = thumbnails(data, rows.tolist(), f.cell)
+    stack = np.stack([thumbs[r] for r in rows.tolist()])
+    grid(stack, compact.reshape(table.shape), sims, match).save(f.out, optimize=True)
     for q, row, s in zip(queries, idx, sims):
       print(f"{paths[q]}: " + ", ".join(f"{paths[j]} {v:.3f}" for j, v in zip(row, s)))
     if labels is not None:
