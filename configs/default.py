@@ -68,6 +68,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.data.cache_dir = "~/.cache/ssl_jax"  # decoded folder sources ("" to disable)
   config.data.skip_corrupt = False
   config.data.tfds_data_dir = ""
+  # Streaming input (ssl_jax/stream.py): records read and decoded per step by
+  # Grain's workers instead of a split decoded into memory; for ImageNet scale.
+  config.data.stream = False
+  config.data.workers = 0            # Grain worker processes (0: threads of this process)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"
@@ -132,6 +136,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.every_epochs = 10     # kNN during training; 0 for only at the end
   config.eval.batch_size = 1024
+  # kNN against: "embed" (the training split embedded again by the current network)
+  # or "bank" (the bank rows as the training embeddings: no pass over the
+  # training images; bank methods only). The final evaluation reports both.
+  config.eval.knn_source = "embed"
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.linear_epochs = 100

@@ -30,6 +30,9 @@ class AugmentConfig:
   jitter_prob: float = 0.8
   gray_prob: float = 0.2
   blur_prob: float = 0.0
+  # False: the images arrive cropped to out_size already (the streaming input
+  # crops on the host, ssl_jax/stream.py); the rest of the view is drawn here.
+  crop: bool = True
 
 
 def _gray(x: jax.Array) -> jax.Array:
@@ -117,8 +120,12 @@ def augment_image(key: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.A
   """One random view of one image: uint8 [H, W, 3] -> float32 [S, S, 3] normalised."""
   k_crop, k_flip, k_jit, k_pj, k_gray, k_blur, k_pb = jax.random.split(key, 7)
   x = image.astype(jnp.float32) / 255.0
-  x = random_resized_crop(k_crop, x, cfg.out_size, cfg.crop_scale, cfg.crop_ratio)
-  x = jnp.clip(x, 0.0, 1.0)  # antialiased resampling can overshoot slightly
+  if cfg.crop:
+    x = random_resized_crop(k_crop, x, cfg.out_size, cfg.crop_scale, cfg.crop_ratio)
+    x = jnp.clip(x, 0.0, 1.0)  # antialiased resampling can overshoot slightly
+  elif image.shape[:2] != (cfg.out_size, cfg.out_size):
+    raise ValueError(f"augmentation without a crop takes images of {cfg.out_size}x"
+                     f"{cfg.out_size}, got {image.shape[0]}x{image.shape[1]}.")
   if cfg.flip:
     x = jnp.where(jax.random.bernoulli(k_flip), x[:, ::-1], x)
   if cfg.jitter_prob > 0:

@@ -34,7 +34,7 @@ def augment_config(config) -> augment.AugmentConfig:
       out_size=int(config.data.image_size), mean=tuple(config.data.mean),
       std=tuple(config.data.std), crop_scale=tuple(a.crop_scale), flip=bool(a.flip),
       jitter=tuple(a.jitter), jitter_prob=float(a.jitter_prob), gray_prob=float(a.gray_prob),
-      blur_prob=float(a.blur_prob))
+      blur_prob=float(a.blur_prob), crop=not config.data.get("stream", False))
 
 
 def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
@@ -69,6 +69,12 @@ def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
   """This process's rows of the (train, test) subsets, and the count of skipped files."""
   kw = dict(seed=config.data.subset_seed, num_shards=num_shards(config),
             process_index=jax.process_index(), process_count=jax.process_count(), log=log)
+  if config.data.get("stream", False):
+    from ssl_jax import stream  # Grain: imported only for streaming runs
+    return (stream.load_split(config.data, config.data.train_split,
+                              fraction=config.data.fraction, **kw),
+            stream.load_split(config.data, config.data.test_split,
+                              fraction=config.data.test_fraction, **kw), 0)
   train, skipped = data_lib.load_shard(config.data, config.data.train_split,
                                        fraction=config.data.fraction, **kw)
   test, skipped_test = data_lib.load_shard(config.data, config.data.test_split,
@@ -250,18 +256,41 @@ def resident_split(train: data_lib.Split) -> jax.Array:
 
 
 def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
-                   linear: bool) -> dict:
-  """Features of both splits with the current network, then kNN (and linear probe)."""
+                   linear: bool, bank: Optional[np.ndarray] = None,
+                   test_only: bool = False) -> dict:
+  """Features of both splits with the current network, then kNN (and linear probe).
+
+  bank: the memory bank [N, d] (host); adds `knn_top1_bank`, the test
+  embeddings' kNN against the bank rows as training embeddings. test_only
+  (with a bank): embeds the test split alone and reports only that, the
+  per-epoch `eval.knn_source="bank"` evaluation (no pass over the training set).
+  """
   nd = jax.local_device_count()
   bs = config.eval.batch_size
-  train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
-                                               batch_size=bs, num_devices=nd,
-                                               desc="embedding the train split")
   test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
                                              batch_size=bs, num_devices=nd,
                                              desc="embedding the test split")
+  train_y, test_y = evaluate.gather_labels(train), evaluate.gather_labels(test)
+  out = {}
+  if bank is not None:
+    out["knn_top1_bank"] = evaluate.knn_top1(
+        np.asarray(bank, np.float32), train_y, test_z, test_y, k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature, num_classes=num_classes)
+    if test_only:
+      return out
+  train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
+                                               batch_size=bs, num_devices=nd,
+                                               desc="embedding the train split")
   # Features (gathered above) and labels from every process: the kNN bank and
   # the probe's training set are the whole training subset everywhere.
-  return evaluate.evaluate_features(train_h, train_z, evaluate.gather_labels(train),
-                                    test_h, test_z, evaluate.gather_labels(test),
-                                    config.eval, num_classes, linear=linear)
+  return {**evaluate.evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y,
+                                       config.eval, num_classes, linear=linear), **out}
+
+
+def bank_of(config, state: TrainState, num_examples: int) -> Optional[np.ndarray]:
+  """The host copy [N, d] of a per-device state's bank, or None for a method without one."""
+  if not methods.get(config.method).uses_bank:
+    return None
+  if is_sharded(config):
+    return sharded_bank.join_bank(devices.all_rows(state.bank), num_examples)
+  return np.asarray(devices.unreplicate(state.bank))

@@ -308,6 +308,7 @@ def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> It
   m = _eval_rows_per_shard(layout, batch_size, num_local_devices)
   largest = _largest_shard(layout)
   shape = (num_local_devices, m * len(layout.local_shards) // num_local_devices)
+  plan = []
   for start in range(0, largest, m):
     ids, masks = [], []
     for s in layout.local_shards:
@@ -315,9 +316,17 @@ def eval_batches(split: Split, *, batch_size: int, num_local_devices: int) -> It
       i = lo + start + np.arange(m)
       masks.append(i < hi)
       ids.append(np.where(i < hi, i, lo))
-    ids, mask = np.concatenate(ids), np.concatenate(masks)
-    rows = ids - split.offset
-    yield {"image": split.images[rows].reshape(shape + split.images.shape[1:]),
-           "label": split.labels[rows].reshape(shape),
-           "index": ids.astype(np.int32).reshape(shape),
-           "mask": mask.reshape(shape)}
+    plan.append((np.concatenate(ids), np.concatenate(masks)))
+  # A streamed split (ssl_jax.stream.RecordImages) decodes whole batches ahead.
+  stream = getattr(split.images, "batches", None)
+  images = (stream([ids for ids, _ in plan]) if stream is not None
+            else (split.images[ids - split.offset] for ids, _ in plan))
+  try:
+    for (ids, mask), image in zip(plan, images):
+      rows = ids - split.offset
+      yield {"image": image.reshape(shape + split.images.shape[1:]),
+             "label": split.labels[rows].reshape(shape),
+             "index": ids.astype(np.int32).reshape(shape),
+             "mask": mask.reshape(shape)}
+  finally:
+    getattr(images, "close", lambda: None)()  # a stream's workers stop here

@@ -62,6 +62,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     methods.get(config.method).validate(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.data.get("stream", False):
+    if config.data.get("on_device", False) or not config.augment.on_device:
+      raise ConfigError("config.data.stream=True streams to the device's augmentation: it "
+                        "needs config.data.on_device=False and config.augment.on_device=True.")
+    if int(config.data.get("workers", 0)) < 0:
+      raise ConfigError(f"config.data.workers must be >= 0, got {config.data.workers}.")
+  allowed("eval.knn_source", config.eval.get("knn_source", "embed"), ("embed", "bank"))
+  if config.eval.get("knn_source", "embed") == "bank" and not methods.get(
+      config.method).uses_bank:
+    raise ConfigError(f"config.eval.knn_source='bank' needs a method with a memory bank "
+                      f"(ours, npid); {config.method} has none.")
   if config.data.get("on_device", False):
     if not config.augment.on_device:
       raise ConfigError("config.data.on_device=True needs config.augment.on_device=True.")

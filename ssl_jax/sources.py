@@ -63,6 +63,16 @@ def _to_8_bit(img):
   return img
 
 
+def upright_rgb(img):
+  """A PIL image in RGB: EXIF orientation applied, 16-bit and float grayscale scaled to
+  8 bits, palettes with transparency through RGBA, alpha dropped."""
+  from PIL import ImageOps
+  img = _to_8_bit(ImageOps.exif_transpose(img))
+  if img.mode == "P" and "transparency" in img.info:
+    img = img.convert("RGBA")  # Pillow's advice for palettes with transparency
+  return img.convert("RGB")
+
+
 def to_rgb_array(img, size: int, name: str) -> np.ndarray:
   """PIL image (any mode, any size) -> uint8 [size, size, 3].
 
@@ -72,12 +82,9 @@ def to_rgb_array(img, size: int, name: str) -> np.ndarray:
   short side is `size`, then centre-cropped: the usual evaluation
   transform, applied once at decode.
   """
-  from PIL import Image, ImageOps  # Pillow is a core dependency; imported here to keep import light.
+  from PIL import Image  # Pillow is a core dependency; imported here to keep import light.
   try:
-    img = _to_8_bit(ImageOps.exif_transpose(img))
-    if img.mode == "P" and "transparency" in img.info:
-      img = img.convert("RGBA")  # Pillow's advice for palettes with transparency
-    img = img.convert("RGB")
+    img = upright_rgb(img)
     w, h = img.size
     if (w, h) != (size, size):
       s = size / min(w, h)
@@ -92,10 +99,10 @@ def to_rgb_array(img, size: int, name: str) -> np.ndarray:
 
 def load_image(data: bytes, size: int, name: str) -> np.ndarray:
   """Encoded image bytes -> uint8 [size, size, 3]; DataError naming `name` if undecodable."""
-  return to_rgb_array(_open_image(data, name), size, name)
+  return to_rgb_array(open_image(data, name), size, name)
 
 
-def _open_image(data: bytes, name: str):
+def open_image(data: bytes, name: str):
   from PIL import Image, UnidentifiedImageError
   try:
     img = Image.open(io.BytesIO(data))

@@ -112,7 +112,10 @@ def two_views(state: TrainState, batch: dict, aug_cfg: augment.AugmentConfig) ->
     views = [batch["views"][0], batch["views"][1]]
   else:
     key = step_key(state.rng, state.step)
-    views = [augment.augment_batch(jax.random.fold_in(key, v), batch["image"], idx, aug_cfg)
+    # Streamed data brings one host crop per view: uint8 [b, 2, S, S, 3].
+    images = batch["image"]
+    image = (lambda v: images[:, v]) if images.ndim == 5 else (lambda v: images)
+    views = [augment.augment_batch(jax.random.fold_in(key, v), image(v), idx, aug_cfg)
              for v in (0, 1)]
   return jnp.concatenate(views)
 

@@ -25,6 +25,7 @@ from ssl_jax import compute
 from ssl_jax import data as data_lib
 from ssl_jax import devices
 from ssl_jax import evaluate
+from ssl_jax import inputs as inputs_lib
 from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax import run_files
@@ -278,12 +279,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
               writer=reporting.MetricWriter(workdir, enabled=is_main), is_main=is_main,
               state=state, step=step, history=history, carried=carried)
   first_epoch = step // steps_per_epoch  # this process's: it pays for compilation
-  check_indices(train, config, nd, first_epoch)
+  inputs_lib.check_indices(train, config, nd, first_epoch)
   try:
     with preemption.StopRequest() as stop:
       while loop.step < total_steps:
         loop.begin_epoch()
-        inputs = _epoch_inputs(loop, resident, host_augment, nd)
+        inputs = inputs_lib.epoch_inputs(config, train, epoch=loop.epoch, start=loop.start,
+                                         step=loop.step, resident=resident,
+                                         host_augment=host_augment, nd=nd)
         loop.start_clock()
         for args in inputs:
           if agree:
@@ -299,7 +302,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
             loop.save_checkpoint()
           elif loop.step % config.log_every_steps == 0:
             loop.fetch_and_log()
-        _end_epoch(loop, p_eval, test, num_classes, includes_compile=loop.epoch == first_epoch)
+        _end_epoch(loop, p_eval, test, num_classes, inputs,
+                   includes_compile=loop.epoch == first_epoch)
         if loop.stop_agreed(stop, latest=True):
           loop.preempt()
   finally:
@@ -309,42 +313,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   return _finish(loop, p_eval, test, num_classes, init_eval, skipped, t_start, log)
 
 
-def check_indices(train: data_lib.Split, config, nd: int, epoch: int) -> None:
-  """Refuses an epoch whose instance indices leave [0, N) before a step runs on them.
-
-  Under jit an index outside the bank gives a NaN loss or a silently wrong
-  bank update (`ssl_jax.checked` says which), so the loop checks the index
-  table of its first epoch on the host once (every epoch is a permutation
-  of the same instances).
-  """
-  table = data_lib.epoch_indices(train.layout, global_batch=int(config.batch_size),
-                                 num_local_devices=nd, seed=config.seed, epoch=epoch)
-  if table.size and (table.min() < 0 or table.max() >= train.num_examples):
-    raise data_lib.DataError(
-        f"instance indices of epoch {epoch} span [{table.min()}, {table.max()}], outside the "
-        f"bank's rows [0, {train.num_examples}); the split's layout is inconsistent.")
-
-
-def _epoch_inputs(loop: Loop, resident, host_augment, nd: int):
-  """The step inputs of the rest of `loop.epoch`: (batch,) or (index table, resident split)."""
-  config, train = loop.config, loop.train
-  if resident is not None:
-    # One transfer of the epoch's indices [D, steps, b]; no per-step host work.
-    ids = np.swapaxes(data_lib.epoch_indices(
-        train.layout, global_batch=int(config.batch_size), num_local_devices=nd,
-        seed=config.seed, epoch=loop.epoch), 0, 1)
-    table = devices.place({"index": ids, "row": ids - np.int32(train.offset)})
-    return ((table, resident) for _ in range(loop.start, loop.steps_per_epoch))
-  batches = data_lib.train_batches(
-      train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
-      epoch=loop.epoch, start_step=loop.start)
-  batches = ({"image": b["image"], "index": b["index"]} for b in batches)
-  if host_augment is not None:
-    batches = (host_augment(b, s) for s, b in enumerate(batches, loop.step))
-  return ((b,) for b in devices.prefetch(batches, 2))
-
-
-def _end_epoch(loop: Loop, p_eval, test, num_classes: int, *, includes_compile: bool) -> None:
+def _end_epoch(loop: Loop, p_eval, test, num_classes: int, inputs: inputs_lib.EpochInput, *,
+               includes_compile: bool) -> None:
   """The epoch's record (time, kNN every eval.every_epochs), then its checkpoint."""
   config = loop.config
   loop.fetch_and_log()
@@ -354,15 +324,25 @@ def _end_epoch(loop: Loop, p_eval, test, num_classes: int, *, includes_compile: 
   # The first epoch of every process (a resumed run has several) pays for
   # compilation; seconds_per_epoch leaves those out.
   record = {"epoch_seconds": dt, "epoch_steps": timed_steps,
-            "images_per_second": timed_steps * int(config.batch_size) / dt}
+            "images_per_second": timed_steps * int(config.batch_size) / dt,
+            **inputs.record(timed_steps * int(config.batch_size), dt)}
   loop.carried = (0.0, 0)
+  if loop.is_main and ("input_images_per_second" in record or record["input_wait_fraction"] > 0.1):
+    decoded = (f"input decodes {record['input_images_per_second']:.0f} img/s, "
+               if "input_images_per_second" in record else "")
+    print(f"epoch {epoch_done}: {decoded}steps take {record['images_per_second']:.0f} img/s; "
+          f"waited {100 * record['input_wait_fraction']:.0f}% of the epoch for input")
   if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
       and epoch_done < config.num_epochs):
-    knn = builders.run_evaluation(config, p_eval, steps.variables(loop.state), loop.train, test,
-                                  num_classes, linear=False)
+    from_bank = config.eval.get("knn_source", "embed") == "bank"
+    knn = builders.run_evaluation(
+        config, p_eval, steps.variables(loop.state), loop.train, test, num_classes,
+        linear=False, test_only=from_bank,
+        bank=builders.bank_of(config, loop.state, loop.train.num_examples) if from_bank else None)
     record.update(knn)
     if loop.is_main:
-      print(f"epoch {epoch_done}: kNN top-1 {knn['knn_top1']:.4f}")
+      print(f"epoch {epoch_done}: kNN top-1 " + (f"{knn['knn_top1_bank']:.4f} (bank)" if from_bank
+                                                 else f"{knn['knn_top1']:.4f}"))
   loop.writer.write(loop.step, record, epoch=epoch_done, includes_compile=includes_compile)
   loop.history.append({"step": loop.step, "epoch": epoch_done,
                        "includes_compile": includes_compile, **record})
@@ -378,8 +358,9 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   replicas_identical = builders.check_replicas(loop.state,
                                                include_bank=not builders.is_sharded(config))
   log("final evaluation (kNN and linear probe)...")
-  final = builders.run_evaluation(config, p_eval, steps.variables(loop.state), loop.train, test,
-                                  num_classes, linear=True)
+  final = builders.run_evaluation(
+      config, p_eval, steps.variables(loop.state), loop.train, test, num_classes, linear=True,
+      bank=builders.bank_of(config, loop.state, loop.train.num_examples))
   # Seconds per step without compilation: the first epoch of each process pays
   # for it, so it is left out where a full later epoch exists. (Records from
   # before includes_compile existed: the first one compiled.)
@@ -402,6 +383,10 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       "images_per_second": int(config.batch_size) / sec_per_step if sec_per_step else None,
       "peak_memory_bytes": peak_memory_bytes(),
       "skipped_files": skipped,
+      "input_pipeline": inputs_lib.pipeline_name(config),
+      "input_wait_fraction": (sum(r.get("input_wait_seconds", 0.0) for r in timed)
+                              / max(sum(r["epoch_seconds"] for r in timed), 1e-9)),
+      "corrupt_records": getattr(loop.train.images, "bad", 0) + getattr(test.images, "bad", 0),
       "processes": jax.process_count(),
       "replicas_identical": replicas_identical,
       # Every step once, over all processes of a resumed run (epoch records

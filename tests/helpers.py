@@ -12,6 +12,25 @@ needs_cifar10 = pytest.mark.skipif(
     not os.path.exists(CIFAR10), reason=f"{CIFAR10} (the shared CIFAR-10 archive) is absent")
 
 
+# The learning tests' recipe: the quickstart on 2,500 training and 1,000 test
+# images, run through the command line on 2 fake devices.
+LEARNING_ARGS = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fraction=0.05",
+                 "--config.data.test_fraction=0.1", "--config.batch_size=128",
+                 "--config.bank.lr=6.4", "--config.eval.linear_epochs=10",
+                 "--config.log_every_steps=20"]
+LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 4}
+# kNN top-1 points above the untrained network each learning test asserts: the
+# smallest gain over 4 seeds less half the seeds' spread (max - min), from
+# `python tests/learning_margins.py` (tests/learning_margins.md).
+LEARNING_MARGINS = {"ours": 0.03, "simclr": 0.0, "byol": 0.0}
+
+
+def learning_command(method: str, workdir: str, seed: int = 0, epochs: int = 0) -> list[str]:
+  """The `python -m ssl_jax.main` arguments of a learning test's run."""
+  return ["--config", f"configs/quickstart.py:{method}", "--workdir", workdir, *LEARNING_ARGS,
+          f"--config.seed={seed}", f"--config.num_epochs={epochs or LEARNING_EPOCHS[method]}"]
+
+
 def tiny_config(method="ours", **overrides):
   """Quickstart shrunk to seconds: a ResNet-10 of width 1/8 on 1% of CIFAR-10."""
   config = quickstart.get_config(method)
@@ -48,3 +67,26 @@ def setup_training(config):
                                                       train_split.num_examples),
                           train_split, log=lambda *a: None)
   return train_split, model, tx, state
+
+
+def cifar10_folder(root, train_per_class: int = 20, test_per_class: int = 10) -> str:
+  """A small image-folder tree `root/{train,test}/<class>/<file>` of real CIFAR-10 JPEGs,
+  the first files of each class in the shared archive; returns `root`."""
+  import pathlib
+  import tarfile
+  want = {"train": train_per_class, "test": test_per_class}
+  counts = {}
+  root = pathlib.Path(root)
+  with tarfile.open(CIFAR10, "r:*") as tar:
+    for m in tar:
+      parts = pathlib.PurePosixPath(m.name).parts
+      if not m.isfile() or len(parts) < 3 or parts[-3] not in want:
+        continue
+      key = (parts[-3], parts[-2])
+      if counts.get(key, 0) >= want[parts[-3]]:
+        continue
+      counts[key] = counts.get(key, 0) + 1
+      out = root / parts[-3] / parts[-2] / parts[-1]
+      out.parent.mkdir(parents=True, exist_ok=True)
+      out.write_bytes(tar.extractfile(m).read())
+  return str(root)

@@ -25,6 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 AUGMENT_TESTS = ["tests/test_augment_and_models.py", "tests/test_augment_reference.py"]
 LOSS_TESTS = ["tests/test_losses_and_bank.py", "tests/test_reference_variants.py",
               "tests/test_fused_bank.py::test_fused_pass_matches_float64_reference"]
+STEP_TESTS = ["tests/test_baseline_losses.py", "tests/test_step_losses.py",
+              "tests/test_train_step.py"]
 EVAL_TESTS = ["tests/test_evaluate_and_reporting.py", "tests/test_reference_variants.py"]
 
 # (name, file, text to replace, replacement, tests)
@@ -58,9 +60,19 @@ MUTANTS = [
     ("blur kernel not normalised", "ssl_jax/augment.py", "  k = k / jnp.sum(k)\n", "\n",
      AUGMENT_TESTS),
     ("two views from one key", "ssl_jax/steps.py",
-     "augment.augment_batch(jax.random.fold_in(key, v), batch[\"image\"], idx, aug_cfg)",
-     "augment.augment_batch(key, batch[\"image\"], idx, aug_cfg)",
-     ["tests/test_two_views.py", "tests/test_train_step.py"]),
+     "augment.augment_batch(jax.random.fold_in(key, v), image(v), idx, aug_cfg)",
+     "augment.augment_batch(key, image(v), idx, aug_cfg)",
+     ["tests/test_two_views.py", "tests/test_step_losses.py", "tests/test_train_step.py"]),
+    ("BYOL regresses each view onto its own target", "ssl_jax/methods/byol.py",
+     "return byol_loss(p[:b], p[b:], t[:b], t[b:])", "return byol_loss(p[:b], p[b:], t[b:], t[:b])",
+     STEP_TESTS),
+    ("SimCLR step with the bank's temperature", "ssl_jax/methods/simclr.py",
+     "temperature=float(ctx.config.simclr.temperature)",
+     "temperature=float(ctx.config.loss.temperature)", STEP_TESTS),
+    ("BYOL target normalised with its running statistics", "ssl_jax/methods/byol.py",
+     "(_, t), _ = model.apply(state.extra, x, train=True, mutable=[\"batch_stats\"])",
+     "(_, t), _ = model.apply(state.extra, x, train=False, mutable=[\"batch_stats\"])",
+     STEP_TESTS),
     ("kNN votes from k + 1 neighbours", "ssl_jax/evaluate.py",
      "top_sim, top_idx = jax.lax.top_k(sim, k)", "top_sim, top_idx = jax.lax.top_k(sim, k + 1)",
      EVAL_TESTS),
@@ -105,10 +117,13 @@ def main() -> None:
   parser.add_argument("--without", default="", help="comma-separated test files to leave out")
   parser.add_argument("--out", default="tests/mutation_results.md")
   parser.add_argument("--timeout", type=int, default=600)
+  parser.add_argument("--only", default="", help="run only the mutants whose name contains this")
   args = parser.parse_args()
   without = {w for w in args.without.split(",") if w}
   rows, killed = [], 0
   for name, path, old, new, tests in MUTANTS:
+    if args.only not in name:
+      continue
     file = REPO / path
     source = file.read_text()
     if source.count(old) != 1:
@@ -123,7 +138,7 @@ def main() -> None:
     rows.append(f"| {name} | `{path}` | {result} | {seconds:.0f} |")
     print(rows[-1], flush=True)
   table = "\n".join([
-      f"Planted bugs: {killed} of {len(MUTANTS)} killed"
+      f"Planted bugs: {killed} of {len(rows)} killed"
       + (f" (without {', '.join(sorted(without))})" if without else "") + ".", "",
       "| planted bug | file | result | seconds |", "| --- | --- | --- | --- |", *rows, ""])
   out = REPO / args.out

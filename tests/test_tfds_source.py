@@ -79,3 +79,65 @@ def test_embedding_a_tfds_split_with_an_encoder():
   assert arrays["h"].shape[0] == 12 and list(arrays["paths"]) == [str(i) for i in range(12)]
   assert str(arrays["root"]) == "tfds:cifar10:test" and len(arrays["class_names"]) == 10
   np.testing.assert_array_equal(arrays["z"], encoder.embed(images.decoded)[1])
+
+
+class TinyJpegs(tfds.core.GeneratorBasedBuilder):
+  """A real 12-image TFDS dataset of JPEGs of several sizes, for the streaming input."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(12), "test": self._generate_examples(5)}
+
+  def _generate_examples(self, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      image = rng.integers(0, 256, (20 + 4 * i, 30, 3), np.uint8)
+      yield i, {"image": image, "label": i % 3}
+
+
+def _stream_cfg(source, data_dir, **kw):
+  from configs import default
+  cfg = default.get_config().data
+  cfg.unlock()
+  cfg.update(dict(source=source, tfds_data_dir=str(data_dir), image_size=16, stream=True,
+                  cache_dir="", **kw))
+  return cfg
+
+
+def test_streaming_an_array_record_dataset_keeps_its_record_order(tmp_path):
+  from ssl_jax import stream
+  TinyJpegs(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  cfg = _stream_cfg("tfds:tiny_jpegs", tmp_path)
+  split = stream.load_split(cfg, "train", fraction=0.5, seed=0, num_shards=2, process_index=1,
+                            process_count=2)
+  # TFDS's own decoding of the same records (instances 3..5 are process 1's rows).
+  from ssl_jax import sources
+  decoded = tfds.data_source("tiny_jpegs", split="train", data_dir=str(tmp_path))
+  positions = data_lib.subset_positions(12, 0.5, 0)[3:]
+  assert split.num_examples == 6 and split.class_names == ("a", "b", "c")
+  np.testing.assert_array_equal(split.labels, [decoded[int(p)]["label"] for p in positions])
+  want = [sources.to_rgb_array(sources.as_pil(decoded[int(p)]["image"]), 16, "x")
+          for p in positions]
+  np.testing.assert_array_equal(split.images[np.arange(3)], np.stack(want))
+  batches = stream.TrainStream(split, global_batch=4, num_local_devices=1, seed=0, epoch=0,
+                               start_step=0, views=2, scale=(0.2, 1.0), ratio=(0.75, 4 / 3))
+  out = list(batches)
+  assert len(out) == 1 and out[0]["image"].shape == (1, 2, 2, 16, 16, 3)
+  assert set(out[0]["index"].reshape(-1)) <= {3, 4, 5}
+
+
+def test_streaming_refuses_tfrecord_data_and_missing_splits_in_one_line(tmp_path):
+  from ssl_jax import records
+  TinyJpegs(data_dir=str(tmp_path)).download_and_prepare()   # TFRecord, TFDS's default
+  with pytest.raises(data_lib.DataError, match="stored as .*tfds convert_format"):
+    records.open_records("tfds:tiny_jpegs", "train", str(tmp_path))
+  with pytest.raises(data_lib.DataError, match="no split 'validation'.*'test', 'train'"):
+    records.open_records("tfds:tiny_jpegs", "validation", str(tmp_path))
+  with pytest.raises(data_lib.DataError, match="not prepared.*tfds build cifar10 --file_format"):
+    records.open_records("tfds:cifar10", "train", str(tmp_path))
