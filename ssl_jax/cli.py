@@ -136,13 +136,14 @@ def _unknown_field(text: str, argv: Sequence[str]) -> str:
 
 def run_guarded(fn: Callable[[], object], debug: bool) -> object:
   """Runs `fn`, turning user errors into one line and the right exit status."""
-  from ssl_jax import checkpoint, preemption, workdir_lock
+  from ssl_jax import checkpoint, preemption, stream, workdir_lock
   try:
     return fn()
   except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  except USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked) as e:
+  except USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked,
+                        stream.WorkerDied) as e:
     if debug:
       raise
     fail(str(e))

@@ -26,6 +26,7 @@ import numpy as np
 from ssl_jax import builders
 from ssl_jax import data as data_lib
 from ssl_jax import devices
+from ssl_jax import methods
 from ssl_jax import run_files
 from ssl_jax.run_config import ConfigError
 
@@ -64,9 +65,17 @@ def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
     rows = -(-train.num_examples // jax.device_count())
     stacked = stacked.replace(bank=jax.ShapeDtypeStruct((nd, rows, state.bank.shape[1]),
                                                         state.bank.dtype))
-  batch = next(data_lib.train_batches(train, global_batch=int(config.batch_size),
-                                      num_local_devices=nd, seed=config.seed, epoch=0))
-  batch = {"image": batch["image"], "index": batch["index"]}
+  if config.data.get("stream", False):
+    # A streamed batch: one host crop per view, [D, b, (V,) S, S, 3] (ssl_jax.stream).
+    b = int(config.batch_size) // (nd * jax.process_count())
+    views = methods.get(config.method).num_views
+    s = int(config.data.image_size)
+    batch = {"image": np.zeros((nd, b) + ((views,) if views > 1 else ()) + (s, s, 3), np.uint8),
+             "index": np.zeros((nd, b), np.int32)}
+  else:
+    batch = next(data_lib.train_batches(train, global_batch=int(config.batch_size),
+                                        num_local_devices=nd, seed=config.seed, epoch=0))
+    batch = {"image": batch["image"], "index": batch["index"]}
   if not config.augment.on_device:
     batch = builders.make_host_augment(builders.augment_config(config),
                                        np.zeros(2, np.uint32))(batch, 0)

@@ -71,14 +71,16 @@ def decode_crop(data: bytes, name: str, size: int, rng: np.random.Generator,
   try:
     img = Image.open(io.BytesIO(data))
     w, h = img.size
-    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways: EXIF turns it
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in (5, 6, 7, 8):  # stored sideways: EXIF turns it
       w, h = h, w
     left, top, cw, ch = crop_box(rng, w, h, scale, ratio)
     shrink = min(cw, ch) / size
     if shrink >= 2 and img.format == "JPEG":
       # Decode at 1/2, 1/4 or 1/8 scale where the crop still has `size` pixels a side.
       img.draft("RGB", (math.ceil(img.size[0] / shrink), math.ceil(img.size[1] / shrink)))
-    img = sources.upright_rgb(img)
+    if orientation != 1 or img.mode != "RGB":  # (each conversion copies the image)
+      img = sources.upright_rgb(img)
     sx, sy = img.size[0] / w, img.size[1] / h
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
     return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8)
@@ -154,7 +156,12 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
     sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
+class WorkerDied(RuntimeError):
+  """A data worker process ended without finishing its work (killed, out of memory)."""
+
+
 def _iterate(dataset, workers: int, threads: int):
+  """Grain's iterator over `dataset`, through `workers` processes (0: threads here)."""
   grain = _grain()
   it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                  prefetch_buffer_size=max(4 * threads, 8)))
@@ -162,6 +169,26 @@ def _iterate(dataset, workers: int, threads: int):
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
                         worker_init_fn=_worker_init)
   return iter(it)
+
+
+def _guarded(it, workers: int) -> Iterator:
+  """Yields from Grain's iterator; a dead worker becomes one line, then the iterator closes."""
+  try:
+    while True:
+      try:
+        out = next(it)
+      except StopIteration:
+        return
+      except RuntimeError as e:
+        if "terminated unexpectedly" not in str(e):
+          raise
+        raise WorkerDied(
+            f"a data worker process died ({str(e).splitlines()[0]}); killed, or out of host "
+            f"memory with config.data.workers={workers}? Rerun to resume from the last "
+            f"checkpoint, with fewer workers if memory ran out.") from None
+      yield out
+  finally:
+    getattr(it, "close", lambda: None)()
 
 
 class RecordImages:
@@ -195,13 +222,9 @@ class RecordImages:
     """uint8 [len(ids[k]), S, S, 3] for each list of instance indices, in order."""
     grain = _grain()
     ds = grain.MapDataset.source(ids).map(_EvalBatch(self.reader))
-    it = _iterate(ds, self.workers, threads=4)
-    try:
-      for out in it:
-        self.bad += int(out["bad"])
-        yield out["image"]
-    finally:
-      getattr(it, "close", lambda: None)()
+    for out in _guarded(_iterate(ds, self.workers, threads=4), self.workers):
+      self.bad += int(out["bad"])
+      yield out["image"]
 
 
 def load_split(data_cfg, split: str, *, fraction: float, seed: int, num_shards: int = 1,
@@ -258,16 +281,12 @@ class TrainStream:
     grain = _grain()
     ds = (grain.MapDataset.source(self._elements).map(self._fn)
           .batch(self.local_batch, drop_remainder=True))
-    it = _iterate(ds, self._workers, threads=max(2, self._workers and 1))
-    try:
-      for out in it:
-        self.bad += int(out["bad"].sum())
-        self._images.bad += int(out["bad"].sum())
-        self.decode_seconds += float(out["seconds"].sum())
-        image = out["image"]
-        if image.shape[1] == 1:
-          image = image[:, 0]
-        yield {"image": image.reshape((self.nd, -1) + image.shape[1:]),
-               "index": out["index"].reshape(self.nd, -1)}
-    finally:
-      getattr(it, "close", lambda: None)()
+    for out in _guarded(_iterate(ds, self._workers, threads=2), self._workers):
+      self.bad += int(out["bad"].sum())
+      self._images.bad += int(out["bad"].sum())
+      self.decode_seconds += float(out["seconds"].sum())
+      image = out["image"]
+      if image.shape[1] == 1:
+        image = image[:, 0]
+      yield {"image": image.reshape((self.nd, -1) + image.shape[1:]),
+             "index": out["index"].reshape(self.nd, -1)}

@@ -69,7 +69,8 @@ def _final_state(workdir):
 
 def _training_records(workdir):
   # Wall-clock facts, and which epochs paid for a compilation (one per process).
-  timing = {"epoch_seconds", "epoch_steps", "images_per_second", "includes_compile"}
+  timing = {"epoch_seconds", "epoch_steps", "images_per_second", "includes_compile",
+            "input_wait_seconds", "input_wait_fraction", "input_images_per_second"}
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
 

@@ -174,3 +174,63 @@ def test_a_streaming_run_trains_resumes_and_reports_its_input(tmp_path, folder):
   assert [r["epoch"] for r in epochs] == [1, 2, 3]
   assert "knn_top1_bank" in epochs[1] and "knn_top1" not in epochs[1]
   assert all(r["input_images_per_second"] > 0 for r in epochs)
+
+
+class _DiesOnRecord:
+  """A record source whose read of one record kills the worker process reading it."""
+
+  def __init__(self, records, position):
+    self.records, self.position = records, position
+    self.description = records.description
+
+  def read(self, i):
+    if int(i) == self.position:
+      os._exit(9)
+    return self.records.read(i)
+
+  def name(self, i):
+    return self.records.name(i)
+
+
+def test_a_worker_that_dies_stops_the_epoch_with_one_line_not_a_hang(folder):
+  split = stream.load_split(_data_cfg(f"folder:{folder}"), "train", fraction=1.0, seed=0)
+  reader = split.images.reader
+  reader.records = _DiesOnRecord(reader.records, int(reader.positions[7]))
+  with pytest.raises(stream.WorkerDied, match="data worker process died.*exit code 9"):
+    _epoch(split, workers=2)
+
+
+def test_one_process_with_two_shards_streams_what_two_processes_do(folder):
+  cfg = _data_cfg(f"folder:{folder}")
+  whole = stream.load_split(cfg, "train", fraction=1.0, seed=0, num_shards=2)
+  parts = [stream.load_split(cfg, "train", fraction=1.0, seed=0, num_shards=2,
+                             process_index=p, process_count=2) for p in range(2)]
+  (one, *_), _ = _epoch(whole)
+  seen = []
+  for p, part in enumerate(parts):
+    part.images.workers = 0
+    batches = list(stream.TrainStream(part, global_batch=20, num_local_devices=1, seed=3,
+                                      epoch=1, start_step=0, views=1, scale=(0.2, 1.0),
+                                      ratio=(3 / 4, 4 / 3)))
+    np.testing.assert_array_equal(batches[0]["index"].reshape(-1), one["index"][p])
+    np.testing.assert_array_equal(batches[0]["image"][0], one["image"][p])
+    seen.append(np.concatenate([b["index"].reshape(-1) for b in batches]))
+  # The two processes' rows are disjoint, and the epoch covers every instance.
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(np.concatenate(seen)) == list(range(whole.num_examples))
+
+
+@pytest.mark.slow
+def test_a_streamed_run_learns(tmp_path):
+  """The learning tests' recipe, streamed from a folder of 2,500 + 1,000 CIFAR-10 JPEGs:
+  kNN beats the untrained network by the in-memory run's margin (`-m slow`)."""
+  from tests.helpers import LEARNING_MARGINS, learning_command
+  from tests.test_end_to_end import _cli
+  root = cifar10_folder(tmp_path / "cifar", train_per_class=250, test_per_class=100)
+  workdir = str(tmp_path / "run")
+  _cli("ssl_jax.main", *learning_command("ours", workdir), f"--config.data.source=folder:{root}",
+       "--config.data.stream=True", "--config.data.workers=2", "--config.data.fraction=1",
+       "--config.data.test_fraction=1")
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["input_pipeline"] == "stream" and summary["num_train_examples"] == 2500
+  assert summary["knn_top1"] > summary["knn_top1_init"] + LEARNING_MARGINS["ours"], summary

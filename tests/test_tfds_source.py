@@ -91,13 +91,15 @@ class TinyJpegs(tfds.core.GeneratorBasedBuilder):
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
             "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
 
+  SIZES = {"train": 12, "test": 5}
+
   def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(12), "test": self._generate_examples(5)}
+    return {split: self._generate_examples(n) for split, n in self.SIZES.items()}
 
   def _generate_examples(self, n):
     rng = np.random.default_rng(n)
     for i in range(n):
-      image = rng.integers(0, 256, (20 + 4 * i, 30, 3), np.uint8)
+      image = rng.integers(0, 256, (20 + 4 * (i % 12), 30 + 2 * (i % 7), 3), np.uint8)
       yield i, {"image": image, "label": i % 3}
 
 
@@ -141,3 +143,68 @@ def test_streaming_refuses_tfrecord_data_and_missing_splits_in_one_line(tmp_path
     records.open_records("tfds:tiny_jpegs", "validation", str(tmp_path))
   with pytest.raises(data_lib.DataError, match="not prepared.*tfds build cifar10 --file_format"):
     records.open_records("tfds:cifar10", "train", str(tmp_path))
+
+
+class ShapesJpegs(TinyJpegs):
+  """128 training and 48 test JPEGs of varied sizes, the class in one colour channel."""
+  SIZES = {"train": 128, "test": 48}
+
+  def _generate_examples(self, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      label = i % 3
+      image = rng.integers(0, 96, (24 + 3 * (i % 11), 28 + 2 * (i % 5), 3), np.uint8)
+      image[..., label] += 120
+      yield i, {"image": image, "label": label}
+
+
+@pytest.mark.slow
+def test_a_streamed_array_record_run_killed_mid_run_ends_as_an_uninterrupted_one(tmp_path):
+  """The issue's end-to-end check: a dataset the project has never seen, in ArrayRecord,
+  varied image sizes, streamed with 2 workers; SIGKILL after a mid-epoch checkpoint and
+  a rerun end with the summary and final state of an uninterrupted run (`-m slow`)."""
+  import json, os, pathlib, signal, subprocess, sys, time
+  import orbax.checkpoint as ocp
+  ShapesJpegs(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+  def command(workdir):
+    return [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
+            "--workdir", str(workdir), "--config.data.source=tfds:shapes_jpegs",
+            f"--config.data.tfds_data_dir={tmp_path / 'tfds'}", "--config.data.stream=True",
+            "--config.data.workers=2", "--config.data.fraction=1", "--config.data.test_fraction=1",
+            "--config.model.name=resnet10", "--config.model.width=0.125", "--config.batch_size=32",
+            "--config.bank.lr=1.6", "--config.num_epochs=3", "--config.eval.every_epochs=1",
+            "--config.eval.linear_epochs=2", "--config.checkpoint_every_steps=5",
+            "--config.log_every_steps=1"]
+
+  whole = subprocess.run(command(tmp_path / "a"), capture_output=True, text=True, cwd=repo,
+                         env=env, timeout=900)
+  assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
+  proc = subprocess.Popen(command(tmp_path / "b"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=repo, env=env)
+  marker = tmp_path / "b" / "checkpoints" / "5" / "commit_success.txt"
+  deadline = time.time() + 600
+  while not marker.exists():
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=600)
+  rerun = subprocess.run(command(tmp_path / "b"), capture_output=True, text=True, cwd=repo,
+                         env=env, timeout=900)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+  assert "resuming from checkpoint at step 5" in rerun.stdout
+  a, b = (json.load(open(tmp_path / w / "summary.json")) for w in "ab")
+  assert a["input_pipeline"] == "stream" and a["num_train_examples"] == 128
+  for key in ("knn_top1_init", "knn_top1", "knn_top1_embedding", "knn_top1_bank", "linear_top1"):
+    assert a[key] == b[key], key
+  restore = lambda w: ocp.StandardCheckpointer().restore(tmp_path / w / "checkpoints" / "12" /
+                                                         "default")
+  for x, y in zip(*(jax_leaves(restore(w)) for w in "ab")):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree_util.tree_leaves(tree)
