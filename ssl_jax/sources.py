@@ -227,6 +227,9 @@ def decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
   try:
     # Examples keep their stored order (no file shuffling): position = instance index.
     ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  except NotImplementedError:  # TFDS reads ArrayRecord files only as a data source
+    raise DataError(f"tfds:{name} is stored in ArrayRecord format, which tf.data does not "
+                    f"read: set config.data.stream=True to stream it.") from None
   except (KeyError, ValueError) as e:
     raise DataError(f"config.data.source 'tfds:{name}' has no split {split!r} "
                     f"(splits: {sorted(info.splits)}): {str(e).splitlines()[0]}") from None

@@ -19,16 +19,19 @@ LEARNING_ARGS = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fracti
                  "--config.bank.lr=6.4", "--config.eval.linear_epochs=10",
                  "--config.log_every_steps=20"]
 LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 4}
+# Per-method changes to the recipe (BYOL learns too slowly at the shared rate to test).
+LEARNING_OVERRIDES = {"byol": []}
 # kNN top-1 points above the untrained network each learning test asserts: the
 # smallest gain over 4 seeds less half the seeds' spread (max - min), from
 # `python tests/learning_margins.py` (tests/learning_margins.md).
-LEARNING_MARGINS = {"ours": 0.03, "simclr": 0.0, "byol": 0.0}
+LEARNING_MARGINS = {"ours": 0.04, "simclr": 0.04, "byol": 0.0}
 
 
 def learning_command(method: str, workdir: str, seed: int = 0, epochs: int = 0) -> list[str]:
   """The `python -m ssl_jax.main` arguments of a learning test's run."""
   return ["--config", f"configs/quickstart.py:{method}", "--workdir", workdir, *LEARNING_ARGS,
-          f"--config.seed={seed}", f"--config.num_epochs={epochs or LEARNING_EPOCHS[method]}"]
+          *LEARNING_OVERRIDES.get(method, []), f"--config.seed={seed}",
+          f"--config.num_epochs={epochs or LEARNING_EPOCHS[method]}"]
 
 
 def tiny_config(method="ours", **overrides):

@@ -29,14 +29,14 @@ sys.path.insert(0, str(REPO))
 from tests.helpers import LEARNING_EPOCHS, learning_command  # noqa: E402
 
 
-def run(method: str, seed: int) -> tuple[float, float, float, float]:
+def run(method: str, seed: int, extra: list[str]) -> tuple[float, float, float, float]:
   """(untrained kNN, trained kNN, linear top-1, seconds) of one seed's run."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   with tempfile.TemporaryDirectory() as tmp:
     workdir = os.path.join(tmp, "run")
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "ssl_jax.main",
-                           *learning_command(method, workdir, seed)],
+                           *learning_command(method, workdir, seed), *extra],
                           cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
       raise SystemExit(f"{method} seed {seed} failed:\n{proc.stderr[-3000:]}")
@@ -50,13 +50,15 @@ def main() -> None:
   parser.add_argument("--methods", default="ours,simclr,byol")
   parser.add_argument("--seeds", default="0,1,2,3")
   parser.add_argument("--out", default="tests/learning_margins.md")
+  parser.add_argument("--extra", default="", help="more --config flags for every run, "
+                      "space-separated (to try a recipe before it goes into tests/helpers.py)")
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   rows, summary = [], []
   for method in args.methods.split(","):
     gains = []
     for seed in seeds:
-      init, knn, linear, seconds = run(method, seed)
+      init, knn, linear, seconds = run(method, seed, args.extra.split())
       gains.append(knn - init)
       rows.append(f"| {method} | {seed} | {100 * init:.2f} | {100 * knn:.2f} | "
                   f"{100 * (knn - init):+.2f} | {100 * linear:.2f} | {seconds:.0f} |")
@@ -68,7 +70,8 @@ def main() -> None:
                    f"{100 * min(gains):+.2f} | {100 * spread:.2f} | {100 * margin:+.2f} |")
   table = "\n".join([
       "# The learning tests' margins, from the seed spread", "",
-      f"`python tests/learning_margins.py --methods {args.methods} --seeds {args.seeds}`, "
+      f"`python tests/learning_margins.py --methods {args.methods} --seeds {args.seeds}"
+      + (f" --extra='{args.extra}'" if args.extra else "") + "`, "
       f"{time.strftime('%Y-%m-%d')}. kNN top-1 on 1,000 CIFAR-10 test images, "
       "after training on 2,500 (points).", "",
       "| method | epochs | mean gain | sd | smallest gain | spread (max - min) | "

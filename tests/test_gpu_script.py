@@ -5,13 +5,17 @@ import os
 import pathlib
 import subprocess
 
+import pytest
+
 from tests.helpers import needs_cifar10
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @needs_cifar10
+@pytest.mark.slow
 def test_the_gpu_script_runs_every_step_at_toy_sizes(tmp_path):
+  """Two to three minutes on 2 cores: in the `-m slow` run, which CI runs after the default."""
   env = dict(os.environ, SMOKE="1", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run(["bash", "experiments/gpu.sh", str(tmp_path)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900)

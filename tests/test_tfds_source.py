@@ -127,6 +127,10 @@ def test_streaming_an_array_record_dataset_keeps_its_record_order(tmp_path):
   want = [sources.to_rgb_array(sources.as_pil(decoded[int(p)]["image"]), 16, "x")
           for p in positions]
   np.testing.assert_array_equal(split.images[np.arange(3)], np.stack(want))
+  memory_cfg = cfg.copy_and_resolve_references()
+  memory_cfg.stream = False
+  with pytest.raises(data_lib.DataError, match="ArrayRecord format.*data.stream=True"):
+    data_lib.load_split(memory_cfg, "train")
   batches = stream.TrainStream(split, global_batch=4, num_local_devices=1, seed=0, epoch=0,
                                start_step=0, views=2, scale=(0.2, 1.0), ratio=(0.75, 4 / 3))
   out = list(batches)
