@@ -24,7 +24,8 @@ is a function of (seed, epoch, num_shards): one process with
 
 The in-memory design fits CIFAR, STL-10 and the small-data regime the method
 targets (CIFAR-10 at 32x32 is 150 MB). ImageNet at 224x224 does not fit in host
-memory this way.
+memory this way: `ssl_jax.stream` (config.data.stream) reads records per step
+instead, with the same layout and order (its split's `images` decode on access).
 """
 
 from __future__ import annotations

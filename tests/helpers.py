@@ -18,13 +18,15 @@ LEARNING_ARGS = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fracti
                  "--config.data.test_fraction=0.1", "--config.batch_size=128",
                  "--config.bank.lr=6.4", "--config.eval.linear_epochs=10",
                  "--config.log_every_steps=20"]
-LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 4}
-# Per-method changes to the recipe (BYOL learns too slowly at the shared rate to test).
-LEARNING_OVERRIDES = {"byol": []}
-# kNN top-1 points above the untrained network each learning test asserts: the
+LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 8}
+# Per-method changes to the recipe's flags (none so far; the margins file lists
+# what was tried for BYOL).
+LEARNING_OVERRIDES: dict = {}
+# kNN top-1 above the untrained network each learning test asserts: the
 # smallest gain over 4 seeds less half the seeds' spread (max - min), from
-# `python tests/learning_margins.py` (tests/learning_margins.md).
-LEARNING_MARGINS = {"ours": 0.04, "simclr": 0.04, "byol": 0.0}
+# `python tests/learning_margins.py` (tests/learning_margins.md). BYOL gains
+# little kNN this early (+0.6 to +4.9 points at 4 epochs, +1.9 to +4.9 at 8).
+LEARNING_MARGINS = {"ours": 0.04, "simclr": 0.04, "byol": 0.004}
 
 
 def learning_command(method: str, workdir: str, seed: int = 0, epochs: int = 0) -> list[str]:
