@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import cifar10, quickstart
+from configs import cifar10, default, imagenet, quickstart
 from ssl_jax import run_config
 from tests.helpers import tiny_config
 
@@ -27,6 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
     ("optim.name", "adam", "config.optim.name must be one of"),
     ("data.shards", -1, "config.data.shards (-1) must be 0 (one shard per process)"),
     ("data.shards", 3, "config.batch_size (64) must be a multiple of the number of data shards (3)"),
+    ("eval.knn_source", "train", "config.eval.knn_source must be one of ['embed', 'bank']"),
 ])
 def test_validate_config_names_the_field(field, value, message):
   config = tiny_config()
@@ -40,8 +41,22 @@ def test_validate_config_names_the_field(field, value, message):
     run_config.validate_config(config, num_devices=4)
 
 
+def test_streaming_and_bank_knn_options_are_checked():
+  for overrides, message in [
+      ({"data.stream": True, "data.on_device": True}, "data.stream=True streams to the device"),
+      ({"data.stream": True, "augment.on_device": False}, "data.stream=True streams to the device"),
+      ({"data.stream": True, "data.workers": -1}, "config.data.workers must be >= 0"),
+      ({"method": "simclr", "eval.knn_source": "bank"}, "knn_source='bank' needs a method with a"),
+  ]:
+    config = tiny_config(**{k: v for k, v in overrides.items() if k != "method"})
+    if "method" in overrides:
+      default.set_method(config, overrides["method"])
+    with pytest.raises(ValueError, match=message):
+      run_config.validate_config(config, num_devices=4)
+
+
 def test_shipped_configs_are_valid():
-  for module in (cifar10, quickstart):
+  for module in (cifar10, quickstart, imagenet):
     for method in ("ours", "npid", "simclr", "byol"):
       config = module.get_config(method)
       assert config.method == method
