@@ -134,6 +134,17 @@ def _unknown_field(text: str, argv: Sequence[str]) -> str:
   return f"{flag or '--config'}: {where} has no field {key!r}{hint}."
 
 
+def check_writable(path: str) -> None:
+  """Raises ValueError (one line) unless a file can be written at `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f"--out {path} is a folder; give a file name.")
+  if not os.path.isdir(folder):
+    raise ValueError(f"--out {path}: folder {folder} does not exist.")
+  if not os.access(folder, os.W_OK):
+    raise ValueError(f"--out {path}: folder {folder} is not writable.")
+
+
 def run_guarded(fn: Callable[[], object], debug: bool) -> object:
   """Runs `fn`, turning user errors into one line and the right exit status."""
   from ssl_jax import checkpoint, preemption, stream, workdir_lock

@@ -140,17 +140,6 @@ def embed_images(encoder: Encoder, images: ImageSet, *, batch_size: int = 256,
   return out
 
 
-def check_writable(path: str) -> None:
-  """Raises ValueError (one line) unless a file can be written at `path`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise ValueError(f"--out {path} is a folder; give a file name.")
-  if not os.path.isdir(folder):
-    raise ValueError(f"--out {path}: folder {folder} does not exist.")
-  if not os.access(folder, os.W_OK):
-    raise ValueError(f"--out {path}: folder {folder} is not writable.")
-
-
 def save_npz(path: str, arrays: dict) -> None:
   """np.savez, written whole (a temporary file renamed), so a crash leaves no half file."""
   import io
@@ -173,7 +162,7 @@ def main() -> None:
   f = flags.FLAGS
 
   def work() -> str:
-    check_writable(f.out)
+    cli.check_writable(f.out)
     encoder = load_encoder(f.workdir, f.step)
     images = open_images(f.images, encoder.image_size)
     arrays = embed_images(encoder, images, batch_size=f.batch_size, skip_corrupt=f.skip_corrupt)

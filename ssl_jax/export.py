@@ -27,9 +27,8 @@ def main() -> None:
 
   def work() -> str:
     from ssl_jax import encoder as encoder_lib
-    from ssl_jax.embed import check_writable
     from ssl_jax.run_files import write_bytes_atomic
-    check_writable(f.out)
+    cli.check_writable(f.out)
     if not os.path.isdir(f.workdir):
       raise FileNotFoundError(f"--workdir {f.workdir}: no such folder.")
     encoder = encoder_lib.load_encoder(f.workdir, f.step)

@@ -133,8 +133,7 @@ def main() -> None:
   f = flags.FLAGS
 
   def work() -> None:
-    from ssl_jax.embed import check_writable
-    check_writable(f.out)
+    cli.check_writable(f.out)
     if not os.path.isfile(f.embeddings):
       raise FileNotFoundError(f"--embeddings {f.embeddings}: no such file.")
     try:
