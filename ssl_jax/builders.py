@@ -171,7 +171,7 @@ def host_state(config, state: TrainState, num_examples: int) -> TrainState:
   """
   host = devices.unreplicate(state)
   if is_sharded(config):
-    host = host.replace(bank=sharded_bank.join_bank(devices.all_rows(state.bank), num_examples))
+    host = host.replace(bank=bank_of(config, state, num_examples))
   return host
 
 

@@ -59,15 +59,12 @@ class EpochInput:
     out = {"input_wait_seconds": self.wait_seconds,
            "input_wait_fraction": self.wait_seconds / seconds if seconds > 0 else 0.0}
     if self.stream is not None and self.stream.decode_seconds > 0:
-      # What the pool can decode: images per decode-second, times the workers
-      # (or this process's two threads) decoding at once.
-      per_worker = images * self._views() / self.stream.decode_seconds
-      out["input_images_per_second"] = per_worker * max(self.workers, 1) / self._views()
+      # What the pool can decode: images (all their views) per decode-second,
+      # times the workers decoding at once (1 for this process's threads).
+      out["input_images_per_second"] = (images * max(self.workers, 1)
+                                        / self.stream.decode_seconds)
       out["corrupt_records"] = self.stream.bad
     return out
-
-  def _views(self) -> int:
-    return max(1, self.stream._fn.views)
 
 
 def check_indices(train: data_lib.Split, config, nd: int, epoch: int) -> None:

@@ -63,7 +63,7 @@ class TfdsRecords:
   def __init__(self, name: str, split: str, data_dir: Optional[str]):
     self.dataset, self.split, self.data_dir = name, split, data_dir
     self.description = f"tfds:{name}, split '{split}'"
-    source = self._open()
+    source = self._source = self._open()
     self._len = len(source)
     info = getattr(source, "dataset_info", None)
     label = info.features["label"] if info is not None and "label" in info.features else None

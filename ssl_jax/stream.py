@@ -97,8 +97,9 @@ class _Reader:
   size: int
   skip_corrupt: bool
 
-  def load(self, index: int, decode) -> tuple[np.ndarray, int]:
-    """(image, 1 if it was replaced) of instance `index`."""
+  def load(self, index: int, decode, views: int = 0) -> tuple[np.ndarray, int]:
+    """(decode(record bytes, name), 0), or (a gray substitute, 1) for a damaged record;
+    the substitute is [S, S, 3], or [views, S, S, 3] when views > 0."""
     position = int(self.positions[int(index) - self.offset])
     name = self.records.name(position)
     try:
@@ -110,7 +111,8 @@ class _Reader:
     except Exception as e:  # a record that cannot be read at all
       if not self.skip_corrupt:
         raise DataError(f"cannot read {name}: {e}") from e
-    return np.full((self.size, self.size, 3), SUBSTITUTE_GRAY, np.uint8), 1
+    shape = ((views,) if views else ()) + (self.size, self.size, 3)
+    return np.full(shape, SUBSTITUTE_GRAY, np.uint8), 1
 
 
 @dataclasses.dataclass
@@ -125,27 +127,24 @@ class _TrainExample:
   def __call__(self, element: np.ndarray) -> dict:
     t0 = time.perf_counter()
     step, index = int(element[0]), int(element[1])
-    crops, bad = [], 0
-    for view in range(self.views):
-      rng = np.random.default_rng([self.seed, step, index, view])
-      image, b = self.reader.load(index, lambda data, name: decode_crop(
-          data, name, self.reader.size, rng, self.scale, self.ratio))
-      crops.append(image)
-      bad |= b
-    return {"image": np.stack(crops), "index": np.int32(index), "bad": np.int32(bad),
+    crops = lambda data, name: np.stack([decode_crop(
+        data, name, self.reader.size, np.random.default_rng([self.seed, step, index, view]),
+        self.scale, self.ratio) for view in range(self.views)])
+    image, bad = self.reader.load(index, crops, self.views)  # the record is read once
+    return {"image": image, "index": np.int32(index), "bad": np.int32(bad),
             "seconds": np.float32(time.perf_counter() - t0)}
 
 
 @dataclasses.dataclass
 class _EvalBatch:
-  """Rows of one evaluation batch -> uint8 [n, S, S, 3] centre crops and a bad count."""
+  """Rows of one evaluation batch -> uint8 [n, S, S, 3] centre crops, int32 [n] replaced."""
   reader: _Reader
 
   def __call__(self, ids: np.ndarray) -> dict:
     out = [self.reader.load(i, lambda data, name: sources.load_image(data, self.reader.size,
                                                                      name)) for i in ids]
     return {"image": np.stack([o[0] for o in out]),
-            "bad": np.int32(sum(o[1] for o in out))}
+            "bad": np.asarray([o[1] for o in out], np.int32)}
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -202,7 +201,17 @@ class RecordImages:
   def __init__(self, reader: _Reader, workers: int):
     self.reader, self.workers = reader, workers
     self.dtype = np.dtype(np.uint8)
-    self.bad = 0  # records replaced so far, in every pass (data.skip_corrupt)
+    # Instances whose record was replaced (data.skip_corrupt), over every pass.
+    self.replaced: set[int] = set()
+
+  @property
+  def bad(self) -> int:
+    """How many distinct records were replaced so far."""
+    return len(self.replaced)
+
+  def note_replaced(self, ids: np.ndarray, flags: np.ndarray) -> None:
+    ids, flags = np.asarray(ids).reshape(-1), np.asarray(flags).reshape(-1)
+    self.replaced.update(int(i) for i in ids[flags > 0])
 
   @property
   def shape(self) -> tuple[int, int, int, int]:
@@ -213,17 +222,18 @@ class RecordImages:
     return len(self.reader.positions)
 
   def __getitem__(self, rows) -> np.ndarray:
-    rows = np.atleast_1d(np.arange(len(self))[rows])
-    out = _EvalBatch(self.reader)(rows + self.reader.offset)
-    self.bad += int(out["bad"])
+    ids = np.atleast_1d(np.arange(len(self))[rows]) + self.reader.offset
+    out = _EvalBatch(self.reader)(ids)
+    self.note_replaced(ids, out["bad"])
     return out["image"]
 
   def batches(self, ids: list[np.ndarray]) -> Iterator[np.ndarray]:
     """uint8 [len(ids[k]), S, S, 3] for each list of instance indices, in order."""
     grain = _grain()
     ds = grain.MapDataset.source(ids).map(_EvalBatch(self.reader))
-    for out in _guarded(_iterate(ds, self.workers, threads=4), self.workers):
-      self.bad += int(out["bad"])
+    # The stream first in zip: its last next() ends it, and its workers, at once.
+    for out, batch_ids in zip(_guarded(_iterate(ds, self.workers, threads=4), self.workers), ids):
+      self.note_replaced(batch_ids, out["bad"])
       yield out["image"]
 
 
@@ -254,7 +264,8 @@ class TrainStream:
 
   Yields {'image': uint8 [D, b, S, S, 3] (views > 1: [D, b, V, S, S, 3]),
   'index': int32 [D, b]} as `data.train_batches` does for in-memory splits.
-  `bad` counts replaced records; `decode_seconds` sums the workers' decode time.
+  `bad` counts this epoch's replaced records; `decode_seconds` sums the workers'
+  decode time.
   """
 
   def __init__(self, split: data_lib.Split, *, global_batch: int, num_local_devices: int,
@@ -264,13 +275,12 @@ class TrainStream:
     if not isinstance(images, RecordImages):
       raise TypeError("TrainStream needs a split loaded by ssl_jax.stream.load_split.")
     table = data_lib.epoch_indices(split.layout, global_batch=global_batch,
-                                   num_local_devices=num_local_devices, seed=seed,
-                                   epoch=epoch)[start_step:]
+                                   num_local_devices=num_local_devices, seed=seed, epoch=epoch)
+    # Crops are keyed by the global step (epoch * steps_per_epoch + t).
+    first = epoch * table.shape[0] + start_step
+    table = table[start_step:]
     self.steps, self.nd = table.shape[0], num_local_devices
     self.local_batch = int(np.prod(table.shape[1:]))
-    # Crops are keyed by the global step (epoch * steps_per_epoch + t).
-    first = epoch * data_lib.steps_per_epoch(split.num_examples, global_batch,
-                                             split.layout.num_shards) + start_step
     step_of = np.repeat(np.arange(first, first + self.steps), self.local_batch)
     self._elements = np.stack([step_of, table.reshape(-1)], axis=1).astype(np.int64)
     self._fn = _TrainExample(images.reader, int(seed), int(views), tuple(scale), tuple(ratio))
@@ -283,7 +293,7 @@ class TrainStream:
           .batch(self.local_batch, drop_remainder=True))
     for out in _guarded(_iterate(ds, self._workers, threads=2), self._workers):
       self.bad += int(out["bad"].sum())
-      self._images.bad += int(out["bad"].sum())
+      self._images.note_replaced(out["index"], out["bad"])
       self.decode_seconds += float(out["seconds"].sum())
       image = out["image"]
       if image.shape[1] == 1:
