@@ -36,7 +36,7 @@ def get_config(method: str = "ours"):
   config.data.image_size = 224
   config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
   config.data.stream = True
-  config.data.workers = 8            # per process; each decodes ~300-600 img/s with Pillow
+  config.data.workers = 8            # per process; measure on the host (benchmarks/README.md)
   config.data.cache_dir = ""
 
   config.model.name = "resnet50"
