@@ -1,8 +1,10 @@
 """Orbax checkpoints of the whole TrainState in `<workdir>/checkpoints`.
 
 Orbax writes each step to a temporary folder and renames it when complete
-(with a commit marker), so an interrupted save never replaces the previous
-checkpoint. Only replica 0's state is saved (replicas are identical by
+(on a disk), or straight into the step's folder with a commit marker written
+last (on an object store such as gs://, which has no rename): either way an
+interrupted save is never listed as a checkpoint and never replaces the
+previous one. Only replica 0's state is saved (replicas are identical by
 construction); on restore it is replicated again. A latest checkpoint that
 cannot be read is reported and the one before it is used; if none can be read
 the run stops rather than silently starting from scratch.
@@ -10,7 +12,6 @@ the run stops rather than silently starting from scratch.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Optional
 
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssl_jax import storage
 from ssl_jax.state import TrainState
 
 
@@ -35,7 +37,7 @@ def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
       enable_async_checkpointing=jax.process_count() == 1)
   # The handler named up front, so a fresh manager can read a checkpoint's
   # metadata (the tree `restore_latest` compares) before anything is restored.
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+  return ocp.CheckpointManager(storage.absolute(storage.join(workdir, "checkpoints")),
                                options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -92,12 +94,13 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves an unreadable checkpoint out of orbax's view (process 0 only; others wait).
 
   Moved, not deleted: it is not retried, does not block saving that step
-  again, and stays beside the others for inspection.
+  again, and stays beside the others for inspection (on an object store the
+  move is a copy, then a delete: `storage.move_folder`).
   """
-  src = os.path.join(str(manager.directory), str(step))
-  dst = os.path.join(str(manager.directory), f"unreadable-{step}-{int(time.time())}")
+  src = storage.join(str(manager.directory), str(step))
+  dst = storage.join(str(manager.directory), f"unreadable-{step}-{int(time.time())}")
   if jax.process_index() == 0:
-    os.rename(src, dst)
+    storage.move_folder(src, dst)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"ssl_jax: set aside checkpoint {step}")

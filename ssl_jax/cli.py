@@ -135,7 +135,11 @@ def _unknown_field(text: str, argv: Sequence[str]) -> str:
 
 
 def check_writable(path: str) -> None:
-  """Raises ValueError (one line) unless a file can be written at `path`."""
+  """Raises ValueError (one line) unless a file can be written at `path` (local or gs://)."""
+  from ssl_jax import storage
+  if storage.is_remote(path):
+    storage.check_writable_folder(path.rsplit("/", 1)[0], "--out")
+    return
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
     raise ValueError(f"--out {path} is a folder; give a file name.")
@@ -199,11 +203,11 @@ def evaluate_command() -> None:
     no_positional_arguments(argv)
     workdir, debug = flags.FLAGS.workdir, flags.FLAGS.debug
     quiet_libraries(debug)
-    from ssl_jax import run_files, train  # the shell that rebuilds a run
+    from ssl_jax import run_files, storage, train  # the shell that rebuilds a run
     t0 = time.time()
     result = run_guarded(lambda: train.evaluate_checkpoint(workdir), debug)
     result["wall_seconds"] = time.time() - t0
-    run_files.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    run_files.write_json_atomic(storage.join(workdir, "eval.json"), result)
     print(json.dumps(result, indent=2))
 
   app.run(main, flags_parser=parse_flags)

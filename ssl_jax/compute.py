@@ -15,9 +15,7 @@ differently.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from typing import Any, Optional
 
 import jax
@@ -28,6 +26,7 @@ from ssl_jax import data as data_lib
 from ssl_jax import devices
 from ssl_jax import methods
 from ssl_jax import run_files
+from ssl_jax import storage
 from ssl_jax.run_config import ConfigError
 
 PLAN_FILE = "flops_plan.json"
@@ -100,11 +99,8 @@ def plan(config, train: data_lib.Split, steps_per_epoch: int, workdir: str,
   budget = float(config.get("train_flops", 0) or 0)
   if budget <= 0:
     return config, {}
-  path = os.path.join(workdir, PLAN_FILE)
-  saved = None
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  path = storage.join(workdir, PLAN_FILE)
+  saved = storage.read_json(path) if storage.exists(path) else None
   if saved and saved.get("train_flops_budget") == budget:
     per_step = float(saved["flops_per_step"])
     log(f"FLOP budget {budget:.4g}: the plan in {path}")

@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
-import pathlib
 from typing import Iterator, Optional
 
 import numpy as np
 
 from ssl_jax import sources
+from ssl_jax import storage
 
 from ssl_jax.sources import DataError  # noqa: F401  (raised here too; part of this API)
 
@@ -126,13 +127,27 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 
-def _cache_path(cache_dir: str, source: str, split: str, size: int) -> Optional[pathlib.Path]:
+def _cache_path(cache_dir: str, source: str, split: str, size: int) -> Optional[str]:
+  """The cache file of a folder source's decoded split (local or gs://), or None."""
   kind, path = parse_source(source)
   if kind != "folder" or not cache_dir:
     return None
-  st = os.stat(path)
-  key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|v1"
-  return pathlib.Path(os.path.expanduser(cache_dir)) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
+  if storage.is_remote(path):
+    # An object store has no folders to stat: a folder is keyed by its path alone
+    # (an archive by its size and update time).
+    st = storage.path(path).stat() if storage.path(path).is_file() else None
+    stamp = f"{st.length}|{st.mtime}" if st else "folder"
+  else:
+    st = os.stat(path)
+    path, stamp = os.path.abspath(path), f"{st.st_size}|{st.st_mtime_ns}"
+  key = f"{path}|{stamp}|{split}|{size}|v1"
+  return storage.join(storage.absolute(cache_dir),
+                      hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
+
+
+def _read_cache(cache: str) -> tuple[Split, int]:
+  with np.load(io.BytesIO(storage.read_bytes(cache))) as f:
+    return Split(f["images"], f["labels"], tuple(f["class_names"].tolist())), int(f["skipped"])
 
 
 def load_split(data_cfg, split: str, log=print) -> tuple[Split, int]:
@@ -145,23 +160,29 @@ def load_split(data_cfg, split: str, log=print) -> tuple[Split, int]:
   size = int(data_cfg.image_size)
   if kind == "tfds":
     return Split(*sources.decode_tfds(arg, split, size, data_cfg.get("tfds_data_dir") or None)), 0
-  if not os.path.exists(arg):
-    raise DataError(f"config.data.source: path {arg} does not exist.")
+  check_source(arg)
   cache = _cache_path(data_cfg.get("cache_dir", ""), data_cfg.source, split, size)
-  if cache is not None and cache.exists():
-    with np.load(cache) as f:
-      return Split(f["images"], f["labels"], tuple(f["class_names"].tolist())), int(f["skipped"])
+  if cache is not None and storage.exists(cache):
+    return _read_cache(cache)
   log(f"decoding {split} split of {arg} (cached afterwards)")
   result, skipped = sources.decode_folder(arg, split, size,
                                           bool(data_cfg.get("skip_corrupt", False)), log)
   result = Split(*result)
   if cache is not None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, images=result.images, labels=result.labels,
-             class_names=np.asarray(result.class_names), skipped=skipped)
-    os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache
+    storage.path(cache).parent.mkdir(parents=True, exist_ok=True)
+    # Written whole (a rename on a disk, one upload on an object store): a
+    # crash never leaves a half-written cache.
+    storage.save_npz(cache, images=result.images, labels=result.labels,
+                     class_names=np.asarray(result.class_names), skipped=skipped)
   return result, skipped
+
+
+def check_source(arg: str) -> None:
+  """DataError (one line) unless the folder source `arg` exists and can be read."""
+  try:
+    storage.check_readable(arg, "config.data.source")
+  except (FileNotFoundError, storage.StorageError) as e:
+    raise DataError(str(e)) from None
 
 
 def subset_positions(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -205,12 +226,12 @@ def load_shard(data_cfg, split: str, *, fraction: float, seed: int, num_shards: 
 
   kind, arg = parse_source(data_cfg.source)
   cache = (_cache_path(data_cfg.get("cache_dir", ""), data_cfg.source, split,
-                       int(data_cfg.image_size)) if kind == "folder" and os.path.exists(arg)
+                       int(data_cfg.image_size)) if kind == "folder" and storage.exists(arg)
            else None)
   whole = (bool(data_cfg.get("skip_corrupt", False))
            or (kind == "tfds" and process_count == 1)
            or (process_count == 1 and (cache is not None or fraction == 1.0))
-           or (cache is not None and cache.exists()))
+           or (cache is not None and storage.exists(cache)))
   if whole:
     full, skipped = load_split(data_cfg, split, log)
     rows = keep(len(full))
@@ -220,8 +241,7 @@ def load_shard(data_cfg, split: str, *, fraction: float, seed: int, num_shards: 
     part = Split(*sources.decode_tfds(arg, split, int(data_cfg.image_size),
                                       data_cfg.get("tfds_data_dir") or None, keep))
   else:
-    if not os.path.exists(arg):
-      raise DataError(f"config.data.source: path {arg} does not exist.")
+    check_source(arg)
     part, _ = sources.decode_folder(arg, split, int(data_cfg.image_size), False, log, keep)
     part = Split(*part)
   log(f"decoded {len(part)} of the {state['layout'].num_examples} examples of '{split}' "

@@ -27,6 +27,7 @@ import numpy as np
 
 from ssl_jax import reporting
 from ssl_jax import sources
+from ssl_jax import storage
 from ssl_jax.encoder import Encoder
 
 
@@ -140,15 +141,6 @@ def embed_images(encoder: Encoder, images: ImageSet, *, batch_size: int = 256,
   return out
 
 
-def save_npz(path: str, arrays: dict) -> None:
-  """np.savez, written whole (a temporary file renamed), so a crash leaves no half file."""
-  import io
-  from ssl_jax.run_files import write_bytes_atomic
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  write_bytes_atomic(path, buffer.getvalue())
-
-
 def main() -> None:
   from absl import flags
   from ssl_jax import cli
@@ -166,7 +158,7 @@ def main() -> None:
     encoder = load_encoder(f.workdir, f.step)
     images = open_images(f.images, encoder.image_size)
     arrays = embed_images(encoder, images, batch_size=f.batch_size, skip_corrupt=f.skip_corrupt)
-    save_npz(f.out, arrays)
+    storage.save_npz(f.out, **arrays)  # written whole: a crash leaves no half file
     return (f"embedded {len(arrays['paths'])} images from {images.source} with the "
             f"step-{encoder.step} encoder: h {list(arrays['h'].shape)}, z "
             f"{list(arrays['z'].shape)}"

@@ -29,6 +29,7 @@ from ssl_jax import devices
 from ssl_jax import evaluate
 from ssl_jax import run_files
 from ssl_jax import sources
+from ssl_jax import storage
 from ssl_jax.checkpoint import CheckpointError, leaf_specs, structure_difference
 
 # The export file's format; a file of another format is refused with both named.
@@ -142,9 +143,9 @@ def _check_structure(variables: dict, config, source: str) -> None:
 def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
   import orbax.checkpoint as ocp
   config = run_files.load_run_config(workdir)  # FileNotFoundError naming config.json
-  folder = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(s) for s in (os.listdir(folder) if os.path.isdir(folder) else [])
-                 if s.isdigit())
+  folder = storage.join(workdir, "checkpoints")
+  listed = storage.path(folder).iterdir() if storage.path(folder).is_dir() else []
+  steps = sorted(int(p.name) for p in listed if p.name.isdigit())
   if not steps:
     raise EncoderError(f"{workdir} has no checkpoint yet (no {folder}/<step>): train first, "
                        f"or let the run reach its first checkpoint.")
@@ -152,7 +153,7 @@ def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
     step = steps[-1]
   elif step not in steps:
     raise EncoderError(f"{workdir} has no checkpoint at step {step} (it has {steps}).")
-  path = os.path.abspath(os.path.join(folder, str(step), "default"))  # orbax wants absolute
+  path = storage.absolute(storage.join(folder, str(step), "default"))  # orbax wants absolute
   try:
     from etils import epath
     saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
@@ -172,8 +173,7 @@ def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
 
 
 def _from_export(path: str) -> Encoder:
-  with open(path, "rb") as f:
-    data = f.read()
+  data = storage.read_bytes(path)
   try:
     payload = flax.serialization.msgpack_restore(data)
   except Exception:  # msgpack raises several types on foreign bytes
@@ -198,9 +198,9 @@ def load_encoder(path: str, step: Optional[int] = None) -> Encoder:
   not match its config; FileNotFoundError for a missing path.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
+  if storage.path(path).is_dir():
     return _from_workdir(path, step)
-  if os.path.isfile(path):
+  if storage.path(path).is_file():
     if step is not None:
       raise EncoderError(f"{path} is an export (one step); `step` applies to workdirs only.")
     return _from_export(path)

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import os
 
+from ssl_jax import storage
+
 
 def folder_bytes(path: str) -> int:
+  """Bytes of every file under `path` (a local folder or gs://...)."""
+  if storage.is_remote(path):
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(path)
+    return int(fs.du(root))
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
@@ -29,12 +36,12 @@ def main() -> None:
     from ssl_jax import encoder as encoder_lib
     from ssl_jax.run_files import write_bytes_atomic
     cli.check_writable(f.out)
-    if not os.path.isdir(f.workdir):
+    if not storage.path(f.workdir).is_dir():
       raise FileNotFoundError(f"--workdir {f.workdir}: no such folder.")
     encoder = encoder_lib.load_encoder(f.workdir, f.step)
     data = encoder_lib.export_bytes(encoder)
     write_bytes_atomic(f.out, data)
-    checkpoint = folder_bytes(os.path.join(f.workdir, "checkpoints", str(encoder.step)))
+    checkpoint = folder_bytes(storage.join(f.workdir, "checkpoints", str(encoder.step)))
     return (f"wrote {f.out}: {len(data) / 2**20:.2f} MiB (step {encoder.step}; the "
             f"checkpoint, with bank and optimizer state, is {checkpoint / 2**20:.2f} MiB)")
   cli.run_command(work, ["workdir", "out"])

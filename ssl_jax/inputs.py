@@ -15,7 +15,7 @@ shows when the host, not the step, sets the pace.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
 import numpy as np
 

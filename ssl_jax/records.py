@@ -16,12 +16,12 @@ anything compiles.
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Optional
 
 import numpy as np
 
 from ssl_jax import sources
+from ssl_jax import storage
 from ssl_jax.sources import DataError
 
 
@@ -29,14 +29,14 @@ class FolderRecords:
   """The files of one split of an image-folder tree."""
 
   def __init__(self, root: str, split: str):
-    if os.path.isfile(root):
+    if storage.path(root).is_file():
       raise DataError(
           f"config.data.stream=True reads a folder of image files, and {root} is a file; "
           f"extract it first (e.g. `tar xzf {root} -C DIR`, then data.source=folder:DIR/...) "
           f"or set config.data.stream=False.")
-    if not os.path.isdir(root):
+    if not storage.path(root).is_dir():
       raise DataError(f"config.data.source: path {root} does not exist.")
-    entries = sources._list_folder(pathlib.Path(root), split)  # one-line DataErrors
+    entries = sources._list_folder(storage.path(root), split)  # one-line DataErrors
     self.class_names = tuple(sorted({c for c, _ in entries}))
     label_of = {c: i for i, c in enumerate(self.class_names)}
     self.paths = [p for _, p in entries]
@@ -47,7 +47,7 @@ class FolderRecords:
     return len(self.paths)
 
   def read(self, i: int) -> bytes:
-    return pathlib.Path(self.paths[i]).read_bytes()
+    return storage.read_bytes(self.paths[i])
 
   def name(self, i: int) -> str:
     return self.paths[i]
@@ -71,10 +71,8 @@ class TfdsRecords:
 
   def _open(self):
     tfds = _import_tfds(self.dataset)
-    if self.data_dir and "://" not in self.data_dir and not os.path.isdir(
-        os.path.expanduser(self.data_dir)):
-      raise DataError(f"config.data.tfds_data_dir {self.data_dir} does not exist.")
-    data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
+    check_tfds_data_dir(self.data_dir)
+    data_dir = os.fspath(storage.path(self.data_dir)) if self.data_dir else None
     try:
       return tfds.data_source(self.dataset, split=self.split, data_dir=data_dir, download=False,
                               decoders={"image": tfds.decode.SkipDecoding()})
@@ -146,6 +144,18 @@ def _import_tfds(name: str):
     raise ImportError(f"config.data.source 'tfds:{name}' needs tensorflow-datasets "
                       f"(pip install 'ssl_jax[tfds]'); a 'folder:' source does not.") from e
   return tfds
+
+
+def check_tfds_data_dir(data_dir: Optional[str]) -> None:
+  """DataError (one line) unless `data_dir` (local or gs://) is None or an existing folder."""
+  if not data_dir:
+    return
+  try:
+    found = storage.path(data_dir).is_dir()
+  except Exception as e:  # noqa: BLE001  credentials, permissions, network
+    raise DataError(f"config.data.tfds_data_dir {data_dir} cannot be read: {e}") from None
+  if not found:
+    raise DataError(f"config.data.tfds_data_dir {data_dir} does not exist.")
 
 
 def open_records(source: str, split: str, tfds_data_dir: str = ""):

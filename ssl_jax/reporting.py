@@ -1,17 +1,19 @@
 """Run reporting at the edge: progress bar, JSON-lines metrics, TensorBoard events.
 
 TensorBoard event files are written by tensorboardX (protobuf only, no
-TensorFlow: the accelerator machines have none). Where tensorboardX is not
-installed, runs log metrics.jsonl alone and say so once.
+TensorFlow: the accelerator machines have none; google-cloud-storage for
+gs://). Where tensorboardX is not installed, runs log metrics.jsonl alone and
+say so once.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Mapping, Optional
+
+from ssl_jax import storage
 
 
 class TensorBoardWriter:
@@ -21,10 +23,13 @@ class TensorBoardWriter:
     from tensorboardX import SummaryWriter
     self._writer = SummaryWriter(logdir)
 
-  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+  def scalars(self, step: int, values: Mapping[str, float], flush: bool = True) -> None:
     for tag, v in values.items():
       self._writer.add_scalar(tag, float(v), int(step))
-    # Written now, not at tensorboardX's next timed flush: a crash loses no line.
+    if flush:  # now, not at tensorboardX's next timed flush: a crash loses no line
+      self._writer.flush()
+
+  def flush(self) -> None:
     self._writer.flush()
 
   def close(self) -> None:
@@ -42,26 +47,64 @@ def _tensorboard(logdir: str) -> Optional[TensorBoardWriter]:
 
 
 class MetricWriter:
-  """Writes each record to `<workdir>/metrics.jsonl` and to TensorBoard."""
+  """Writes each record to `<workdir>/metrics.jsonl` and to TensorBoard.
+
+  On a disk each line is appended and flushed at once. An object store has no
+  append: there the file is kept in memory and its object rewritten whole by
+  `flush()` (the loop calls it before every checkpoint) and at most every
+  FLUSH_SECONDS, so a crash loses only lines that resuming would drop anyway
+  (those after the last checkpoint), and no reader ever sees a cut line.
+  """
+
+  FLUSH_SECONDS = 30.0
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    if enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = _tensorboard(os.path.join(workdir, "tensorboard"))
+    if not enabled:
+      return
+    path = storage.join(workdir, "metrics.jsonl")
+    self._remote = storage.is_remote(workdir)
+    if self._remote:
+      self._path, self._pending = path, False
+      self._text = storage.read_text(path) if storage.exists(path) else ""
+      self._flushed = time.monotonic()
+    else:
+      self._jsonl = open(path, "a")
+    self._tb = _tensorboard(storage.join(workdir, "tensorboard"))
 
   def write(self, step: int, values: Mapping[str, float], **extra) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **extra, **{k: float(v) for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record) + "\n"
     if self._tb is not None:
-      self._tb.scalars(step, {k: v for k, v in values.items() if v is not None})
+      self._tb.scalars(step, {k: v for k, v in values.items() if v is not None},
+                       flush=not self._remote)
+    if self._remote:
+      self._text += line
+      self._pending = True
+      if time.monotonic() - self._flushed > self.FLUSH_SECONDS:
+        self.flush()
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+
+  def flush(self) -> None:
+    """Makes every record so far durable (on a disk a no-op: lines are flushed as written)."""
+    if not (self.enabled and self._remote):
+      return
+    if self._pending:
+      storage.write_text_atomic(self._path, self._text)
+      self._pending = False
+    if self._tb is not None:
+      self._tb.flush()
+    self._flushed = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      self.flush()
+      if not self._remote:
+        self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
 

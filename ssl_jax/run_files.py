@@ -7,9 +7,11 @@
   init_eval.json, summary.json   written whole, atomically
   lock.json         the run that holds the workdir (`ssl_jax.workdir_lock`)
 
-Files written whole go to a temporary file that is then renamed, so a crash
-never leaves half of one; metrics.jsonl is appended line by line
-(`reporting.MetricWriter`), and a line cut by a crash is dropped on resume.
+Files written whole are never seen half-written: on a disk they go to a
+temporary file that is then renamed, on an object store (`gs://`) they are
+one object upload (`ssl_jax.storage`). metrics.jsonl is appended line by line
+on a disk and rewritten whole at flush points on an object store
+(`reporting.MetricWriter`); a line cut by a crash is dropped on resume.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 
 import ml_collections
 
+from ssl_jax import storage
 from ssl_jax.run_config import ConfigError, num_shards
 
 # Fields that fix the shape or meaning of a checkpoint: a workdir's run can
@@ -40,6 +43,9 @@ def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` (and its parents); ConfigError in one line if it cannot be used."""
   if not workdir:
     raise ConfigError("--workdir is empty: give the folder for the run's files.")
+  if storage.is_remote(workdir):  # no folders to create; check the bucket and credentials
+    storage.check_writable_folder(workdir, "workdir")
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
   except FileExistsError:
@@ -53,11 +59,10 @@ def prepare_workdir(workdir: str) -> None:
 
 def check_resumable(workdir: str, config, num_train_examples: int) -> None:
   """Raises ConfigError if the run in `workdir` came from an incompatible config."""
-  path = os.path.join(workdir, "run_info.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "run_info.json")
+  if not storage.exists(path):
     return
-  with open(path) as f:
-    info = json.load(f)
+  info = storage.read_json(path)
   saved = info.get("config", {})
   for field in RESUME_FIELDS:
     here = _field(config, field)
@@ -81,36 +86,25 @@ def check_resumable(workdir: str, config, num_train_examples: int) -> None:
         f"--workdir.")
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes `path` whole: a temporary file renamed over it, so a crash leaves the old one."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  write_bytes_atomic(path, text.encode())
-
-
-def write_json_atomic(path: str, obj) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2))
+# Whole-file writes, on a disk or an object store (see ssl_jax.storage).
+write_bytes_atomic = storage.write_bytes_atomic
+write_text_atomic = storage.write_text_atomic
+write_json_atomic = storage.write_json_atomic
 
 
 def truncate_metrics(workdir: str, step: int) -> list[dict]:
   """Drops metrics.jsonl records after `step` (work redone after a resume); returns the rest."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "metrics.jsonl")
+  if not storage.exists(path):
     return []
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by a crash
-        continue
-      if record.get("step", 0) <= step:
-        records.append(record)
+  for line in storage.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by a crash
+      continue
+    if record.get("step", 0) <= step:
+      records.append(record)
   write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
@@ -128,11 +122,10 @@ def carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[f
   missing (a run from before this file existed) or does not cover every step
   of its epoch (an earlier resume whose own carry was missing).
   """
-  path = os.path.join(workdir, EPOCH_TIMING)
-  if not os.path.exists(path):
+  path = storage.join(workdir, EPOCH_TIMING)
+  if not storage.exists(path):
     return 0.0, 0
-  with open(path) as f:
-    entry = json.load(f).get(str(step))
+  entry = storage.read_json(path).get(str(step))
   if not entry or entry["steps"] != step % steps_per_epoch:
     return 0.0, 0
   return float(entry["seconds"]), int(entry["steps"])
@@ -146,18 +139,15 @@ def record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> No
   one: a save that never completes leaves the run to resume from the one
   before (orbax has at most one save in flight).
   """
-  path = os.path.join(workdir, EPOCH_TIMING)
-  entries = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      entries = json.load(f)
+  path = storage.join(workdir, EPOCH_TIMING)
+  entries = storage.read_json(path) if storage.exists(path) else {}
   entries[str(step)] = {"seconds": seconds, "steps": steps}
   write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
 
 
 def write_run_info(workdir: str, config, num_train_examples: int) -> None:
   """run_info.json: what `check_resumable` compares a later run's config against."""
-  write_json_atomic(os.path.join(workdir, "run_info.json"), {
+  write_json_atomic(storage.join(workdir, "run_info.json"), {
       "num_train_examples": num_train_examples, "embed_dim": int(config.model.embed_dim),
       "data_shards": num_shards(config),
       "config": {f: list(v) if isinstance(v := _field(config, f), tuple) else v
@@ -166,12 +156,11 @@ def write_run_info(workdir: str, config, num_train_examples: int) -> None:
 
 def write_config(workdir: str, config) -> None:
   """config.json: the run's whole config."""
-  write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  write_text_atomic(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(storage.read_json(path))

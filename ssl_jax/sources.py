@@ -12,12 +12,13 @@ crop). `ssl_jax.data` turns what is decoded into splits, shards and batches.
 from __future__ import annotations
 
 import io
-import os
 import pathlib
 import tarfile
 from typing import NamedTuple, Optional
 
 import numpy as np
+
+from ssl_jax import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -112,8 +113,8 @@ def open_image(data: bytes, name: str):
     raise DataError(f"cannot decode image {name}: {e}") from e
 
 
-def _list_folder(root: pathlib.Path, split: str) -> list[tuple[str, str]]:
-  """[(class_name, file_path)] of a tree root/split/class/file, in sorted order."""
+def _list_folder(root, split: str) -> list[tuple[str, str]]:
+  """[(class_name, file_path)] of a tree root/split/class/file (`root` an epath Path), sorted."""
   split_dir = root / split
   if not split_dir.is_dir():
     found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -146,6 +147,11 @@ def _list_tar(tar: tarfile.TarFile, path: str, split: str) -> list[tuple[str, ta
   return [(c, m) for c in sorted(members) for m in sorted(members[c], key=lambda m: m.name)]
 
 
+def _is_tar(p) -> bool:
+  with p.open("rb") as f:
+    return tarfile.is_tarfile(f)
+
+
 def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
                    log=print, keep=None) -> tuple[Decoded, int]:
   """Decodes a folder tree or .tar.gz split; returns (decoded, number of skipped files).
@@ -154,13 +160,15 @@ def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
   restricts decoding to those files (None: all of them).
   """
   images, labels, skipped = [], [], 0
-  if os.path.isdir(path):
-    entries = _list_folder(pathlib.Path(path), split)
-    read = lambda e: pathlib.Path(e).read_bytes()
+  root = storage.path(path)  # a local path or gs://...
+  if root.is_dir():
+    entries = _list_folder(root, split)
+    read = storage.read_bytes
     name = lambda e: e
     tar = None
-  elif os.path.isfile(path) and tarfile.is_tarfile(path):
-    tar = tarfile.open(path, "r:*")
+  elif root.is_file() and _is_tar(root):
+    tar = (tarfile.open(fileobj=root.open("rb"), mode="r:*") if storage.is_remote(path)
+           else tarfile.open(path, "r:*"))
     entries = _list_tar(tar, path, split)
     read = lambda m: tar.extractfile(m).read()
     name = lambda m: f"{path}:{m.name}"

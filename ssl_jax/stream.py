@@ -27,7 +27,7 @@ import dataclasses
 import io
 import math
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 

@@ -10,8 +10,6 @@ history) lives in one `Loop` object.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Callable, Optional
 
@@ -30,6 +28,7 @@ from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax import run_files
 from ssl_jax import steps
+from ssl_jax import storage
 from ssl_jax import workdir_lock
 from ssl_jax.run_config import ConfigError, bank_lr_note, num_shards, validate_config
 from ssl_jax.state import TrainState
@@ -141,6 +140,9 @@ class Loop:
     if self.step % self.steps_per_epoch and self.is_main:
       # host_state waited for the step, so this is the epoch's time so far.
       run_files.record_epoch_time(self.workdir, self.step, *self.epoch_seconds())
+    # Every record up to this step is durable before the checkpoint that keeps
+    # them on resume (on an object store the log is written at flushes only).
+    self.writer.flush()
     checkpoint.save(self.manager, saved)
 
   def preempt(self) -> None:
@@ -239,8 +241,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   fresh = builders.initial_state(config, model, tx, train.num_examples)
   state = checkpoint.restore_latest(manager, fresh, log)
-  init_eval_path = os.path.join(workdir, "init_eval.json")
-  if state is None or not os.path.exists(init_eval_path):
+  init_eval_path = storage.join(workdir, "init_eval.json")
+  if state is None or not storage.exists(init_eval_path):
     state = builders.init_bank(config, fresh, train, log)
     log("evaluating the untrained network (kNN)...")
     init_eval = builders.run_evaluation(config, p_eval,
@@ -256,8 +258,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   else:
     log(f"resuming from checkpoint at step {int(state.step)} "
         f"(epoch {int(state.step) // steps_per_epoch})")
-    with open(init_eval_path) as f:
-      init_eval = json.load(f)
+    init_eval = storage.read_json(init_eval_path)
     history = [r for r in run_files.truncate_metrics(workdir, int(state.step))
                if "epoch_seconds" in r]
     carried = run_files.carried_epoch_time(workdir, int(state.step), steps_per_epoch)
@@ -397,7 +398,7 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       "history": history,
   }
   if loop.is_main:
-    run_files.write_json_atomic(os.path.join(loop.workdir, "summary.json"), summary)
+    run_files.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
     log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
         f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
         f"({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")

@@ -14,7 +14,17 @@ machine) never blocks the rerun that resumes it:
   modification time, renewed every HEARTBEAT_SECONDS by a daemon thread)
   is older than `stale_after` seconds.
 
-The rerun says so in one line and takes the lock over. With several
+The rerun says so in one line and takes the lock over.
+
+On a disk the lock file is created exclusively (O_EXCL). An object store
+(`gs://` workdirs) has no exclusive create that every store and emulator
+offers, so there a run writes its lock, waits SETTLE_SECONDS for any run
+writing at the same moment, and reads it back: the last writer holds it and
+the others stop. Two runs get the lock together only if one looks for it
+and writes it more than SETTLE_SECONDS apart while the other does both; the
+heartbeat rewrites the object (its update time is the heartbeat).
+
+With several
 processes, process 0 takes the lock for the run and the others follow its
 decision (`ssl_jax.train` broadcasts it). Readers (`python -m
 ssl_jax.evaluate`) do not take it.
@@ -31,10 +41,14 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
+from ssl_jax import storage
+
 FILENAME = "lock.json"
 HEARTBEAT_SECONDS = 30.0
 # A holder on another host is taken for gone after this long without a heartbeat.
 STALE_AFTER_SECONDS = 600.0
+# Object stores: how long a run waits after writing the lock before reading it back.
+SETTLE_SECONDS = 2.0
 
 
 class WorkdirLocked(RuntimeError):
@@ -74,7 +88,12 @@ class Lock:
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):
       try:
-        os.utime(self.path)
+        if not storage.is_remote(self.path):
+          os.utime(self.path)
+        elif (_read(self.path) or {}).get("token") == self.holder["token"]:
+          storage.write_json_atomic(self.path, self.holder)  # a new update time
+        else:
+          return  # taken over: not ours to renew
       except OSError:
         return  # the workdir went away: nothing left to guard
 
@@ -85,11 +104,10 @@ class Lock:
   def release(self) -> None:
     self._stop.set()
     try:
-      with open(self.path) as f:
-        if json.load(f).get("token") != self.holder["token"]:
-          return  # taken over by another run: not ours to remove
-      os.remove(self.path)
-    except (OSError, ValueError):
+      if (_read(self.path) or {}).get("token") != self.holder["token"]:
+        return  # taken over by another run: not ours to remove
+      storage.path(self.path).unlink()
+    except OSError:
       pass
 
   def __enter__(self) -> "Lock":
@@ -106,8 +124,7 @@ def describe(holder: dict) -> str:
 
 def _read(path: str) -> Optional[dict]:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except FileNotFoundError:
     return None
   except (OSError, ValueError):
@@ -123,7 +140,7 @@ def _gone(holder: dict, path: str, stale_after: float) -> Optional[str]:
       return f"process {holder['pid']} no longer exists"
     return None
   try:
-    age = time.time() - os.stat(path).st_mtime
+    age = time.time() - storage.modified_time(path)
   except FileNotFoundError:
     return "it was released"
   if age > stale_after:
@@ -131,21 +148,37 @@ def _gone(holder: dict, path: str, stale_after: float) -> Optional[str]:
   return None
 
 
+def _create(path: str, holder: dict) -> bool:
+  """Writes `holder` to the lock file `path` unless one exists; whether it did."""
+  if not storage.is_remote(path):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump(holder, f)
+    return True
+  if _read(path) is not None:
+    return False
+  storage.write_json_atomic(path, holder)
+  time.sleep(SETTLE_SECONDS)   # a run writing at the same moment lands by now
+  return (_read(path) or {}).get("token") == holder["token"]
+
+
 def acquire(workdir: str, *, stale_after: float = STALE_AFTER_SECONDS,
             log: Callable[[str], None] = print) -> Lock:
   """Takes the workdir's lock, or raises WorkdirLocked naming the live holder.
 
-  Creation is atomic (O_EXCL), so of two runs starting together one wins.
+  Creation is exclusive (O_EXCL on a disk; write, wait, read back on an object
+  store), so of two runs starting together one wins.
   A lock whose holder is gone is taken over, with one line saying why.
   """
-  path = os.path.join(workdir, FILENAME)
+  path = storage.join(workdir, FILENAME)
   holder = {"host": socket.gethostname(), "pid": os.getpid(),
             "process_start": _process_start(os.getpid()), "started": time.time(),
             "token": f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"}
   for _ in range(3):  # a takeover race with another rerun: look again
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    if not _create(path, holder):
       current = _read(path)
       if current is None:
         continue  # released between the two calls
@@ -155,13 +188,8 @@ def acquire(workdir: str, *, stale_after: float = STALE_AFTER_SECONDS,
             f"{workdir} is in use by another run ({describe(current)}); wait for it to "
             f"finish or stop it, or use another --workdir. The lock is {path}.")
       log(f"taking over the lock of a run that is gone ({describe(current)}: {why})")
-      try:
-        os.remove(path)
-      except FileNotFoundError:
-        pass
+      storage.path(path).unlink(missing_ok=True)
       continue
-    with os.fdopen(fd, "w") as f:
-      json.dump(holder, f)
     lock = Lock(path, holder)
     lock.start_heartbeat()
     return lock

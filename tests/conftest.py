@@ -25,3 +25,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix="ssl_jax_tests_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
+
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """An uninterrupted local `tests.runs` run: what interrupted runs must equal."""
+  from tests import runs
+  workdir = tmp_path_factory.mktemp("reference")
+  runs.run(workdir)
+  return workdir

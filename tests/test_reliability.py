@@ -1,112 +1,43 @@
 """Reliability: exact resume after SIGKILL, SIGTERM, damaged checkpoints, divergence,
 incompatible workdirs, and replicas that stay equal across a resume.
 
-The subprocess tests run the real CLI on a tiny config over real CIFAR-10
-images (3 epochs of 7 steps, a checkpoint every 5 steps), on 2 fake devices.
+The subprocess tests run the real CLI on the tiny run of `tests.runs` (3 epochs
+of 7 steps over real CIFAR-10 images, a checkpoint every 5 steps, 2 fake
+devices); `reference_run` (conftest.py) is that run uninterrupted.
 """
 
 import json
-import os
-import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax import checkpoint
 from ssl_jax import run_files
 from ssl_jax import builders
 from ssl_jax import optim
-from tests.helpers import CIFAR10, needs_cifar10, setup_training, tiny_config
+from tests import runs
+from tests.helpers import needs_cifar10, setup_training, tiny_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fraction=0.01",
-        "--config.data.test_fraction=0.02", "--config.model.name=resnet10",
-        "--config.model.width=0.125", "--config.batch_size=64", "--config.num_epochs=3",
-        "--config.eval.batch_size=256", "--config.eval.linear_epochs=2",
-        "--config.log_every_steps=2", "--config.checkpoint_every_steps=5"]
-TOTAL_STEPS = 21
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-
-
-def _command(workdir, *extra):
-  return [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
-          "--workdir", str(workdir), *TINY, *extra]
-
-
-def _run(workdir, *extra, expect=0):
-  proc = subprocess.run(_command(workdir, *extra), capture_output=True, text=True, cwd=REPO,
-                        env=ENV, timeout=600)
-  assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
-  return proc.stdout + proc.stderr
-
-
-def _start_and_signal(workdir, sig, after_checkpoint):
-  """Starts a run, sends `sig` once the checkpoint of step `after_checkpoint` is committed."""
-  proc = subprocess.Popen(_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, cwd=REPO, env=ENV)
-  marker = pathlib.Path(workdir) / "checkpoints" / str(after_checkpoint) / "commit_success.txt"
-  deadline = time.time() + 600
-  while not marker.exists():
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    assert time.time() < deadline
-    time.sleep(0.02)
-  proc.send_signal(sig)
-  out, _ = proc.communicate(timeout=600)
-  return proc.returncode, out
-
-
-def _final_state(workdir):
-  path = pathlib.Path(workdir) / "checkpoints" / str(TOTAL_STEPS) / "default"
-  return ocp.StandardCheckpointer().restore(path)
-
-
-def _training_records(workdir):
-  # Wall-clock facts, and which epochs paid for a compilation (one per process).
-  timing = {"epoch_seconds", "epoch_steps", "images_per_second", "includes_compile",
-            "input_wait_seconds", "input_wait_fraction", "input_images_per_second"}
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
-
-
-def _assert_same_run(a, b):
-  sa, sb = _final_state(a), _final_state(b)
-  la, lb = jax.tree_util.tree_leaves_with_path(sa), jax.tree_util.tree_leaves(sb)
-  assert len(la) == len(lb) > 10
-  for (path, x), y in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-  assert _training_records(a) == _training_records(b)
-  summary_a = json.load(open(pathlib.Path(a) / "summary.json"))
-  summary_b = json.load(open(pathlib.Path(b) / "summary.json"))
-  for key in ("knn_top1", "knn_top1_embedding", "linear_top1", "knn_top1_init"):
-    assert summary_a[key] == summary_b[key], key
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("reference")
-  _run(workdir)
-  return workdir
+REPO, TOTAL_STEPS, ENV = runs.REPO, runs.TOTAL_STEPS, runs.ENV
 
 
 @needs_cifar10
 def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
-  code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
+  code, out = runs.start_and_signal(tmp_path, signal.SIGKILL, after_checkpoint=10)
   assert code == -signal.SIGKILL
   before_kill = json.loads((tmp_path / run_files.EPOCH_TIMING).read_text())
   assert (tmp_path / "lock.json").exists()  # the killed run could not release it
-  out = _run(tmp_path)
+  out = runs.run(tmp_path)
   assert "taking over the lock of a run that is gone" in out and "no longer exists" in out
   assert not (tmp_path / "lock.json").exists()
   resumed_at = int(out.split("resuming from checkpoint at step ")[1].split()[0])
   assert 10 <= resumed_at < TOTAL_STEPS and resumed_at % 7  # mid-epoch
-  _assert_same_run(reference_run, tmp_path)
+  runs.assert_same_run(reference_run, tmp_path)
   # The interrupted epoch is timed over both processes: its record counts all
   # 7 steps and the seconds before the kill, so training time is not lost.
   summary = json.load(open(tmp_path / "summary.json"))
@@ -124,15 +55,15 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
 @needs_cifar10
 def test_a_second_run_into_a_held_workdir_stops_and_the_first_is_unharmed(reference_run,
                                                                           tmp_path):
-  first = subprocess.Popen(_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, cwd=REPO, env=ENV)
+  first = subprocess.Popen(runs.command(tmp_path), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV)
   marker = tmp_path / "checkpoints" / "5" / "commit_success.txt"
   deadline = time.time() + 600
   while not marker.exists():
     assert first.poll() is None and time.time() < deadline
     time.sleep(0.02)
-  second = subprocess.run(_command(tmp_path), capture_output=True, text=True, cwd=REPO, env=ENV,
-                          timeout=600)
+  second = subprocess.run(runs.command(tmp_path), capture_output=True, text=True, cwd=REPO,
+                          env=ENV, timeout=600)
   errors = [l for l in second.stderr.splitlines() if l.strip()]
   assert second.returncode == 1 and len(errors) == 1, second.stderr[-2000:]
   assert errors[0].startswith(f"error: {tmp_path} is in use by another run (host ")
@@ -140,19 +71,19 @@ def test_a_second_run_into_a_held_workdir_stops_and_the_first_is_unharmed(refere
   assert "data source" not in second.stdout  # stopped before doing anything
   out, _ = first.communicate(timeout=600)
   assert first.returncode == 0, out[-3000:]
-  _assert_same_run(reference_run, tmp_path)
+  runs.assert_same_run(reference_run, tmp_path)
 
 
 @needs_cifar10
 def test_sigterm_checkpoints_and_exits_with_a_resume_hint(reference_run, tmp_path):
-  code, out = _start_and_signal(tmp_path, signal.SIGTERM, after_checkpoint=5)
+  code, out = runs.start_and_signal(tmp_path, signal.SIGTERM, after_checkpoint=5)
   assert code == 143, out[-2000:]
   assert "Rerun the same command to resume" in out and "Traceback" not in out
   step = int(out.split("checkpoint saved at step ")[1].split()[0])
   assert (tmp_path / "checkpoints" / str(step) / "commit_success.txt").exists()
-  out = _run(tmp_path)
+  out = runs.run(tmp_path)
   assert f"resuming from checkpoint at step {step} " in out
-  _assert_same_run(reference_run, tmp_path)
+  runs.assert_same_run(reference_run, tmp_path)
 
 
 @needs_cifar10
@@ -181,14 +112,14 @@ def test_damaged_checkpoints_fall_back_or_stop(reference_run, tmp_path):
   assert any(f"checkpoint at step {TOTAL_STEPS} is unreadable" in m for m in messages)
   assert len(list(ckpts.glob(f"unreadable-{TOTAL_STEPS}-*"))) == 1
   # The CLI resumes from that older checkpoint and finishes the run.
-  out = _run(workdir)
+  out = runs.run(workdir)
   assert f"resuming from checkpoint at step {steps[-2]}" in out
   # With every checkpoint damaged, the run stops instead of starting afresh.
   for step_dir in ckpts.iterdir():
     for f in step_dir.rglob("*"):
       if f.is_file() and f.name not in ("commit_success.txt", "_CHECKPOINT_METADATA"):
         f.write_bytes(b"")
-  out = _run(workdir, expect=1)
+  out = runs.run(workdir, expect=1)
   assert "error: no usable checkpoint in" in out and "Traceback" not in out
 
 
@@ -197,13 +128,13 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run, tmp_
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
   before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-  out = _run(workdir, "--config.num_epochs=5", "--config.optim.base_lr=1e30", expect=1)
+  out = runs.run(workdir, "--config.num_epochs=5", "--config.optim.base_lr=1e30", expect=1)
   line = [l for l in out.splitlines() if l.startswith("error:")][0]
   assert f"non-finite loss, gradient or bank at step {TOTAL_STEPS + 1}" in line or \
          f"at step {TOTAL_STEPS + 2}" in line, line
   assert f"The last good checkpoint is kept: step {TOTAL_STEPS}" in line
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
-  state = _final_state(workdir)
+  state = runs.final_state(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
 
 
@@ -215,7 +146,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run, tmp_
 def test_incompatible_workdir_is_refused(reference_run, tmp_path, flag, message):
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
-  out = _run(workdir, flag, expect=1)
+  out = runs.run(workdir, flag, expect=1)
   assert message in out and "Traceback" not in out
 
 
