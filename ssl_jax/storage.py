@@ -14,8 +14,8 @@ What differs, and how each guarantee is kept:
   appended logs       disk: appended and flushed line by line; object store
                       (no append): kept in memory and the whole object
                       rewritten at flush points (`reporting.MetricWriter`).
-  exclusive creation  disk: O_EXCL; object store: write, wait, read back
-                      (`ssl_jax.workdir_lock`).
+  exclusive creation  disk: O_EXCL; object store: an upload conditional on
+                      no object existing (`create_exclusive`, the workdir lock).
 
 `EPATH_USE_TF` defaults to false here: with TensorFlow installed, epath would
 otherwise import it for every `gs://` path, and the training path imports
@@ -118,6 +118,30 @@ def save_npz(p: PathLike, **arrays) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   write_bytes_atomic(p, buffer.getvalue())
+
+
+def create_exclusive(p: PathLike, data: bytes) -> bool:
+  """Creates `p` holding `data` unless it exists; whether it did. Of two callers, one wins.
+
+  Disk: O_EXCL. Object store: an upload conditional on no object existing
+  (GCS's `ifGenerationMatch=0`, which fsspec's `mode="create"` sends).
+  """
+  p = os.fspath(p)
+  if not is_remote(p):
+    try:
+      fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return True
+  import fsspec
+  fs, key = fsspec.core.url_to_fs(p)
+  try:
+    fs.pipe_file(key, data, mode="create")
+  except FileExistsError:  # gcsfs's answer to 412 Precondition Failed
+    return False
+  return True
 
 
 def modified_time(p: PathLike) -> float:

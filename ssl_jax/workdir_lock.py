@@ -16,16 +16,12 @@ machine) never blocks the rerun that resumes it:
 
 The rerun says so in one line and takes the lock over.
 
-On a disk the lock file is created exclusively (O_EXCL). An object store
-(`gs://` workdirs) has no exclusive create that every store and emulator
-offers, so there a run writes its lock, waits SETTLE_SECONDS for any run
-writing at the same moment, and reads it back: the last writer holds it and
-the others stop. Two runs get the lock together only if one looks for it
-and writes it more than SETTLE_SECONDS apart while the other does both; the
-heartbeat rewrites the object (its update time is the heartbeat).
+The lock file is created exclusively: O_EXCL on a disk, an upload
+conditional on no object existing on an object store (`gs://` workdirs,
+`storage.create_exclusive`). There the heartbeat rewrites the object (its
+update time is the heartbeat).
 
-With several
-processes, process 0 takes the lock for the run and the others follow its
+With several processes, process 0 takes the lock for the run and the others follow its
 decision (`ssl_jax.train` broadcasts it). Readers (`python -m
 ssl_jax.evaluate`) do not take it.
 """
@@ -47,8 +43,6 @@ FILENAME = "lock.json"
 HEARTBEAT_SECONDS = 30.0
 # A holder on another host is taken for gone after this long without a heartbeat.
 STALE_AFTER_SECONDS = 600.0
-# Object stores: how long a run waits after writing the lock before reading it back.
-SETTLE_SECONDS = 2.0
 
 
 class WorkdirLocked(RuntimeError):
@@ -148,28 +142,11 @@ def _gone(holder: dict, path: str, stale_after: float) -> Optional[str]:
   return None
 
 
-def _create(path: str, holder: dict) -> bool:
-  """Writes `holder` to the lock file `path` unless one exists; whether it did."""
-  if not storage.is_remote(path):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(holder, f)
-    return True
-  if _read(path) is not None:
-    return False
-  storage.write_json_atomic(path, holder)
-  time.sleep(SETTLE_SECONDS)   # a run writing at the same moment lands by now
-  return (_read(path) or {}).get("token") == holder["token"]
-
-
 def acquire(workdir: str, *, stale_after: float = STALE_AFTER_SECONDS,
             log: Callable[[str], None] = print) -> Lock:
   """Takes the workdir's lock, or raises WorkdirLocked naming the live holder.
 
-  Creation is exclusive (O_EXCL on a disk; write, wait, read back on an object
+  Creation is exclusive (O_EXCL on a disk, a conditional upload on an object
   store), so of two runs starting together one wins.
   A lock whose holder is gone is taken over, with one line saying why.
   """
@@ -178,7 +155,7 @@ def acquire(workdir: str, *, stale_after: float = STALE_AFTER_SECONDS,
             "process_start": _process_start(os.getpid()), "started": time.time(),
             "token": f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"}
   for _ in range(3):  # a takeover race with another rerun: look again
-    if not _create(path, holder):
+    if not storage.create_exclusive(path, json.dumps(holder).encode()):
       current = _read(path)
       if current is None:
         continue  # released between the two calls

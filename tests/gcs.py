@@ -2,11 +2,14 @@
 
 `gcp-storage-emulator` runs in a child process, in memory (`python -m
 tests.gcs PORT BUCKET`), with what it lacks of the GCS JSON API and orbax's
-storage layer needs: downloads carry the object's generation
-(`x-goog-generation`), and reads and uploads honour `ifGenerationMatch` and
-`ifGenerationNotMatch`. Tensorstore's OCDBT commits a checkpoint's manifest by
-such conditional requests; without them a save fails now and then with
-"Malformed StorageGeneration" (seen with the emulator as released). The environment
+storage layer and the workdir lock need: downloads carry the object's
+generation (`x-goog-generation`), and reads and uploads honour
+`ifGenerationMatch` and `ifGenerationNotMatch`. Tensorstore's OCDBT commits a
+checkpoint's manifest by such conditional requests (without them a save fails
+now and then with "Malformed StorageGeneration", seen with the emulator as
+released), and the lock is an upload conditional on no object existing. The
+emulator serves one request at a time, so a check and the write it guards
+cannot interleave with another request. The environment
 points every client at it: gcsfs (epath's gs:// backend) and
 google-cloud-storage (tensorboardX) through STORAGE_EMULATOR_HOST,
 tensorstore (orbax's array storage) through TENSORSTORE_GCS_HTTP_URL, with a
@@ -110,6 +113,8 @@ def _serve(port: int, bucket: str) -> None:
   def uploading(handler):
     def wrapped(request, response, storage, *args, **kwargs):
       name = request.query.get("name", [None])[0]
+      if name is None and request.query.get("uploadType") == ["multipart"]:
+        name = (request.data or {}).get("meta", {}).get("name")  # parsed once, kept
       if name is not None and (status := refused(request, storage, name)) is not None:
         response.status = status
         return None

@@ -4,7 +4,7 @@
     python tests/mutation_check.py --without tests/test_augment_reference.py,tests/test_reference_variants.py
 
 Each mutant is one realistic bug in a core module (losses, bank, augmentation,
-methods, evaluation): the source line is replaced, the tests that cover that
+methods, evaluation) or in how a run keeps its files in a bucket: the source line is replaced, the tests that cover that
 module run (`pytest -x`), the file is restored. A mutant is killed when a test
 fails. `--without` leaves test files out (the suite as it was before them), so
 the two runs give the kill rate before and after. Writes a Markdown table to
@@ -28,6 +28,7 @@ LOSS_TESTS = ["tests/test_losses_and_bank.py", "tests/test_reference_variants.py
 STEP_TESTS = ["tests/test_baseline_losses.py", "tests/test_step_losses.py",
               "tests/test_train_step.py"]
 EVAL_TESTS = ["tests/test_evaluate_and_reporting.py", "tests/test_reference_variants.py"]
+GCS_TESTS = ["tests/test_gcs.py"]
 
 # (name, file, text to replace, replacement, tests)
 MUTANTS = [
@@ -91,6 +92,13 @@ MUTANTS = [
      "return bank.at[idx].set(normalize_rows(rows).astype(bank.dtype))",
      "return bank.at[idx].set(rows.astype(bank.dtype))",
      LOSS_TESTS),
+    # Runs in cloud storage (tests/test_gcs.py, against the GCS emulator).
+    ("workdir lock on a bucket created without its condition", "ssl_jax/storage.py",
+     'fs.pipe_file(key, data, mode="create")', "fs.pipe_file(key, data)", GCS_TESTS),
+    ("damaged checkpoint on a bucket deleted, not copied aside", "ssl_jax/storage.py",
+     "fs.copy(src, dst, recursive=True)", "pass", GCS_TESTS),
+    ("metrics log on a bucket not written before a checkpoint", "ssl_jax/train.py",
+     "    self.writer.flush()\n    checkpoint.save(", "    checkpoint.save(", GCS_TESTS),
 ]
 
 

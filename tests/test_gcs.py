@@ -7,6 +7,7 @@ uninterrupted local `reference_run`; `ssl_jax.evaluate` reads the bucket; a
 truncated latest checkpoint in the bucket falls back to the one before.
 """
 
+import concurrent.futures
 import json
 import pathlib
 import signal
@@ -185,28 +186,25 @@ def test_a_missing_bucket_or_path_is_one_line_before_anything_compiles(emulator)
     records.check_tfds_data_dir("gs://no-such-bucket/tfds")
 
 
-def test_the_workdir_lock_on_a_bucket(emulator, monkeypatch):
-  monkeypatch.setattr(workdir_lock, "SETTLE_SECONDS", 0.2)
+def test_the_workdir_lock_on_a_bucket(emulator):
   workdir = f"{BUCKET}/locked"
+  path = storage.join(workdir, "lock.json")
   lock = workdir_lock.acquire(workdir)
-  assert storage.read_json(storage.join(workdir, "lock.json"))["token"] == lock.holder["token"]
+  assert storage.read_json(path)["token"] == lock.holder["token"]
   with pytest.raises(workdir_lock.WorkdirLocked, match="is in use by another run"):
     workdir_lock.acquire(workdir)
   lock.release()
-  assert not storage.exists(storage.join(workdir, "lock.json"))
-  # Two runs writing together: another run's lock lands while this one waits
-  # to read its own back, so the last writer holds it and this one stops.
-  path = storage.join(workdir, "lock.json")
-  other = dict(lock.holder, token="other")
-  with monkeypatch.context() as m:
-    m.setattr(workdir_lock.time, "sleep", lambda s: storage.write_json_atomic(path, other))
-    with pytest.raises(workdir_lock.WorkdirLocked, match="is in use by another run"):
-      workdir_lock.acquire(workdir)
-  assert storage.read_json(path)["token"] == "other"
+  assert not storage.exists(path)
+  # Eight runs starting together: the create is conditional, so exactly one wins.
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    won = list(pool.map(lambda i: storage.create_exclusive(path, b'{"token": "%d"}' % i),
+                        range(8)))
+  assert won.count(True) == 1
+  assert storage.read_json(path)["token"] == str(won.index(True))
   # A holder on this host whose process is gone is taken over.
-  storage.write_json_atomic(storage.join(workdir, "lock.json"),
-                            dict(lock.holder, pid=2**22 + 1, token="dead"))
+  storage.write_json_atomic(path, dict(lock.holder, pid=2**22 + 1, token="dead"))
   said = []
   taken = workdir_lock.acquire(workdir, log=said.append)
   assert "no longer exists" in said[0]
   taken.release()
+  assert not storage.exists(path)
