@@ -21,8 +21,8 @@ conditional on no object existing on an object store (`gs://` workdirs,
 `storage.create_exclusive`). There the heartbeat rewrites the object (its
 update time is the heartbeat).
 
-With several processes, process 0 takes the lock for the run and the others follow its
-decision (`ssl_jax.train` broadcasts it). Readers (`python -m
+With several processes, process 0 takes the lock for the run and the others
+follow its decision (`ssl_jax.train` broadcasts it). Readers (`python -m
 ssl_jax.evaluate`) do not take it.
 """
 
