@@ -15,8 +15,10 @@ import subprocess
 import sys
 import tarfile
 
+import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax import data as data_lib
@@ -208,3 +210,32 @@ def test_the_workdir_lock_on_a_bucket(emulator):
   assert "no longer exists" in said[0]
   taken.release()
   assert not storage.exists(path)
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_two_processes_share_a_gs_workdir_as_they_share_a_local_one(emulator, tmp_path):
+  """A pod's shape: 2 processes x 2 devices, every process saving and restoring from one
+  bucket; the result equals the same 2-process run in a local workdir, bit for bit."""
+  from tests import test_multiprocess as mp
+
+  def two_processes(workdir):
+    return mp._finish(mp._start(workdir, 2, 2, mp._free_port(), base_env=emulator))
+
+  remote, local = f"{BUCKET}/two", tmp_path / "two"
+  two_processes(remote)
+  two_processes(local)
+
+  def final(workdir):
+    path = storage.absolute(storage.join(str(workdir), "checkpoints", str(mp.TOTAL_STEPS),
+                                         "default"))
+    return ocp.StandardCheckpointer().restore(path)
+  a, b = final(remote), final(local)
+  leaves = jax.tree_util.tree_leaves_with_path(a)
+  assert len(leaves) > 10
+  for (path, x), y in zip(leaves, jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  summary = runs.summary(remote)
+  assert summary["processes"] == 2 and summary["replicas_identical"] is True
+  assert summary["knn_top1"] == runs.summary(local)["knn_top1"]
+  assert not storage.exists(storage.join(remote, "lock.json"))

@@ -49,10 +49,10 @@ def _command(workdir, extra=()):
           "--workdir", str(workdir), *TINY, *extra]
 
 
-def _start(workdir, num_processes, devices_per_process, port=None, extra=()):
+def _start(workdir, num_processes, devices_per_process, port=None, extra=(), base_env=None):
   procs = []
   for pid in range(num_processes):
-    env = dict(os.environ, SSL_JAX_HEARTBEAT_SECONDS="10",
+    env = dict(base_env or os.environ, SSL_JAX_HEARTBEAT_SECONDS="10",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
     if num_processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
