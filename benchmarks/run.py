@@ -328,10 +328,10 @@ def simclr_ratios(steps: list[dict]) -> dict[str, float]:
 
 def write_results(results: dict, path: str) -> None:
   """<path>.json and <path>.md, each replaced whole (a stopped run leaves the last pair)."""
-  from ssl_jax import run_files
+  from ssl_jax import storage
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  run_files.write_json_atomic(path + ".json", results)
-  run_files.write_text_atomic(path + ".md", markdown(results))
+  storage.write_json_atomic(path + ".json", results)
+  storage.write_text_atomic(path + ".md", markdown(results))
 
 
 def check_config(cfg, batch_size: int) -> None:

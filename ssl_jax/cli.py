@@ -203,11 +203,11 @@ def evaluate_command() -> None:
     no_positional_arguments(argv)
     workdir, debug = flags.FLAGS.workdir, flags.FLAGS.debug
     quiet_libraries(debug)
-    from ssl_jax import run_files, storage, train  # the shell that rebuilds a run
+    from ssl_jax import storage, train  # the shell that rebuilds a run
     t0 = time.time()
     result = run_guarded(lambda: train.evaluate_checkpoint(workdir), debug)
     result["wall_seconds"] = time.time() - t0
-    run_files.write_json_atomic(storage.join(workdir, "eval.json"), result)
+    storage.write_json_atomic(storage.join(workdir, "eval.json"), result)
     print(json.dumps(result, indent=2))
 
   app.run(main, flags_parser=parse_flags)

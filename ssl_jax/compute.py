@@ -25,7 +25,6 @@ from ssl_jax import builders
 from ssl_jax import data as data_lib
 from ssl_jax import devices
 from ssl_jax import methods
-from ssl_jax import run_files
 from ssl_jax import storage
 from ssl_jax.run_config import ConfigError
 
@@ -116,7 +115,7 @@ def plan(config, train: data_lib.Split, steps_per_epoch: int, workdir: str,
             "flops_per_step": per_step, "flops_per_image": per_step / int(config.batch_size),
             "epochs": epochs}
   if jax.process_index() == 0:
-    run_files.write_json_atomic(path, result)
+    storage.write_json_atomic(path, result)
   log(f"FLOP budget {budget:.4g}: {epochs} epochs of {per_epoch:.4g} FLOPs "
       f"({result['flops_per_image']:.4g} per image), {result['train_flops']:.4g} used")
   config = copy.deepcopy(config)

@@ -135,7 +135,8 @@ def _cache_path(cache_dir: str, source: str, split: str, size: int) -> Optional[
   if storage.is_remote(path):
     # An object store has no folders to stat: a folder is keyed by its path alone
     # (an archive by its size and update time).
-    st = storage.path(path).stat() if storage.path(path).is_file() else None
+    source = storage.path(path)
+    st = source.stat() if source.is_file() else None
     stamp = f"{st.length}|{st.mtime}" if st else "folder"
   else:
     st = os.stat(path)

@@ -144,8 +144,9 @@ def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
   import orbax.checkpoint as ocp
   config = run_files.load_run_config(workdir)  # FileNotFoundError naming config.json
   folder = storage.join(workdir, "checkpoints")
-  listed = storage.path(folder).iterdir() if storage.path(folder).is_dir() else []
-  steps = sorted(int(p.name) for p in listed if p.name.isdigit())
+  # Committed steps only (orbax's own test: no temporary folder, and on an
+  # object store the commit marker), so a save in progress is never picked.
+  steps = sorted(ocp.utils.checkpoint_steps(storage.absolute(folder)))
   if not steps:
     raise EncoderError(f"{workdir} has no checkpoint yet (no {folder}/<step>): train first, "
                        f"or let the run reach its first checkpoint.")

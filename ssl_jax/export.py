@@ -34,13 +34,12 @@ def main() -> None:
 
   def work() -> str:
     from ssl_jax import encoder as encoder_lib
-    from ssl_jax.run_files import write_bytes_atomic
     cli.check_writable(f.out)
     if not storage.path(f.workdir).is_dir():
       raise FileNotFoundError(f"--workdir {f.workdir}: no such folder.")
     encoder = encoder_lib.load_encoder(f.workdir, f.step)
     data = encoder_lib.export_bytes(encoder)
-    write_bytes_atomic(f.out, data)
+    storage.write_bytes_atomic(f.out, data)
     checkpoint = folder_bytes(storage.join(f.workdir, "checkpoints", str(encoder.step)))
     return (f"wrote {f.out}: {len(data) / 2**20:.2f} MiB (step {encoder.step}; the "
             f"checkpoint, with bank and optimizer state, is {checkpoint / 2**20:.2f} MiB)")

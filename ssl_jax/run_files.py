@@ -86,10 +86,6 @@ def check_resumable(workdir: str, config, num_train_examples: int) -> None:
         f"--workdir.")
 
 
-# Whole-file writes, on a disk or an object store (see ssl_jax.storage).
-write_bytes_atomic = storage.write_bytes_atomic
-write_text_atomic = storage.write_text_atomic
-write_json_atomic = storage.write_json_atomic
 
 
 def truncate_metrics(workdir: str, step: int) -> list[dict]:
@@ -105,7 +101,7 @@ def truncate_metrics(workdir: str, step: int) -> list[dict]:
       continue
     if record.get("step", 0) <= step:
       records.append(record)
-  write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+  storage.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
 
@@ -142,12 +138,12 @@ def record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> No
   path = storage.join(workdir, EPOCH_TIMING)
   entries = storage.read_json(path) if storage.exists(path) else {}
   entries[str(step)] = {"seconds": seconds, "steps": steps}
-  write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
+  storage.write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
 
 
 def write_run_info(workdir: str, config, num_train_examples: int) -> None:
   """run_info.json: what `check_resumable` compares a later run's config against."""
-  write_json_atomic(storage.join(workdir, "run_info.json"), {
+  storage.write_json_atomic(storage.join(workdir, "run_info.json"), {
       "num_train_examples": num_train_examples, "embed_dim": int(config.model.embed_dim),
       "data_shards": num_shards(config),
       "config": {f: list(v) if isinstance(v := _field(config, f), tuple) else v
@@ -156,7 +152,7 @@ def write_run_info(workdir: str, config, num_train_examples: int) -> None:
 
 def write_config(workdir: str, config) -> None:
   """config.json: the run's whole config."""
-  write_text_atomic(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  storage.write_text_atomic(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

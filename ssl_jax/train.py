@@ -251,7 +251,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     log(f"untrained network: kNN top-1 {init_eval['knn_top1']:.4f} "
         f"(embedding {init_eval['knn_top1_embedding']:.4f})")
     if is_main:
-      run_files.write_json_atomic(init_eval_path, init_eval)
+      storage.write_json_atomic(init_eval_path, init_eval)
       # Resets the log of an earlier attempt that died before its first checkpoint.
       run_files.truncate_metrics(workdir, 0)
     history, carried = [], (0.0, 0)
@@ -398,7 +398,7 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       "history": history,
   }
   if loop.is_main:
-    run_files.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
+    storage.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
     log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
         f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
         f"({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")

@@ -56,8 +56,8 @@ def start_and_signal(workdir, sig, after_checkpoint, env=None):
   return proc.returncode, out
 
 
-def final_state(workdir):
-  path = storage.absolute(storage.join(str(workdir), "checkpoints", str(TOTAL_STEPS), "default"))
+def final_state(workdir, step=TOTAL_STEPS):
+  path = storage.absolute(storage.join(str(workdir), "checkpoints", str(step), "default"))
   return ocp.StandardCheckpointer().restore(path)
 
 

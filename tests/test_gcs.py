@@ -18,7 +18,6 @@ import tarfile
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax import data as data_lib
@@ -225,12 +224,7 @@ def test_two_processes_share_a_gs_workdir_as_they_share_a_local_one(emulator, tm
   remote, local = f"{BUCKET}/two", tmp_path / "two"
   two_processes(remote)
   two_processes(local)
-
-  def final(workdir):
-    path = storage.absolute(storage.join(str(workdir), "checkpoints", str(mp.TOTAL_STEPS),
-                                         "default"))
-    return ocp.StandardCheckpointer().restore(path)
-  a, b = final(remote), final(local)
+  a, b = (runs.final_state(w, mp.TOTAL_STEPS) for w in (remote, local))
   leaves = jax.tree_util.tree_leaves_with_path(a)
   assert len(leaves) > 10
   for (path, x), y in zip(leaves, jax.tree_util.tree_leaves(b)):

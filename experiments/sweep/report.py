@@ -89,11 +89,11 @@ def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
 def write_results(results_dir: str, name: str, meta: dict, rows: dict, md: str,
                   key: str = "variants") -> None:
   """`<name>.json` ({'meta', key: rows}) and `<name>.md`, each written whole (atomically)."""
-  from ssl_jax import run_files
+  from ssl_jax import storage
   os.makedirs(results_dir, exist_ok=True)
-  run_files.write_text_atomic(os.path.join(results_dir, f"{name}.json"),
+  storage.write_text_atomic(os.path.join(results_dir, f"{name}.json"),
                               json.dumps(to_json({"meta": meta, key: rows}), indent=2))
-  run_files.write_text_atomic(os.path.join(results_dir, f"{name}.md"), md)
+  storage.write_text_atomic(os.path.join(results_dir, f"{name}.md"), md)
 
 
 def variants_table(rows: dict[str, dict], at_time: Optional[tuple[float, dict]] = None) -> str:
