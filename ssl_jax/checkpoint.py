@@ -27,13 +27,16 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint although the workdir has some."""
 
 
-def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+def create_manager(workdir: str, max_to_keep: int = 3,
+                   cleanup: bool = False) -> ocp.CheckpointManager:
+  """The run's checkpoint manager. `cleanup`: remove what unfinished saves left (only
+  for the run that holds the workdir: a reader could remove a live run's save)."""
   # With several processes saves are synchronous: an asynchronous save's
   # background thread joins cross-process barriers that can interleave with
   # the next train steps' collectives differently in each process (a deadlock
   # seen with 2 processes on gloo). One process keeps async saves.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True,
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=cleanup,
       enable_async_checkpointing=jax.process_count() == 1)
   # The handler named up front, so a fresh manager can read a checkpoint's
   # metadata (the tree `restore_latest` compares) before anything is restored.
@@ -42,15 +45,89 @@ def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> int:
-  """Saves an unreplicated state at its step (asynchronously unless `wait`); returns the step."""
+  """Saves an unreplicated state at its step (asynchronously unless `wait`); returns the step.
+
+  A step is saved once: asking again for the latest step does nothing. A
+  full disk raises `storage.DiskFull` after removing this save's partial files
+  (at once with `wait`, or later from `finish_saves` for an asynchronous save).
+  """
+  if manager.latest_step() is not None and int(state.step) == manager.latest_step():
+    return int(state.step)
   # Host (NumPy) copies: with several processes, orbax writes such leaves once,
   # from process 0, and every process must call save for its barriers.
   state = jax.device_get(state)
   step = int(state.step)
-  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+  _in_flight[id(manager)] = (step, nbytes)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  except Exception as e:  # noqa: BLE001  orbax wraps the OSError in several types
+    _raise_if_disk_full(manager, e)
+    raise
   if wait:
-    manager.wait_until_finished()
+    finish_saves(manager)
   return step
+
+
+# The step and size of each manager's latest save (an asynchronous one fails later).
+_in_flight: dict[int, tuple[int, int]] = {}
+
+
+def finish_saves(manager: ocp.CheckpointManager) -> None:
+  """Waits for an asynchronous save; a full disk raises `storage.DiskFull` (one line)."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    _raise_if_disk_full(manager, e)
+    raise
+
+
+def _partial(directory: str, step: int) -> list:
+  """The folders an unfinished save of `step` left: <step>.orbax-checkpoint-tmp-<n> on
+  a disk; the step's folder without its commit marker on an object store."""
+  return [entry for entry in storage.path(directory).iterdir()
+          if entry.name.startswith(f"{step}.orbax-checkpoint-tmp") or (
+              entry.name == str(step) and storage.is_remote(directory)
+              and not (entry / "commit_success.txt").exists())]
+
+
+def _remove_partial(directory: str, step: int, settle_seconds: float = 2.0) -> None:
+  """Removes what a failed save of `step` left. Writes the save had already handed to
+  tensorstore may still land (and recreate folders) after orbax reports the
+  failure, so the folder is watched for `settle_seconds` and removed again."""
+  deadline = time.monotonic() + settle_seconds
+  while True:
+    for entry in _partial(directory, step):
+      try:
+        storage.remove_tree(entry)
+      except OSError:
+        pass  # a late write raced the removal: the next pass gets it
+    if time.monotonic() > deadline and not _partial(directory, step):
+      return
+    time.sleep(0.2)
+
+
+def _raise_if_disk_full(manager: ocp.CheckpointManager, error: Exception) -> None:
+  """Turns a failed save on a full disk into `storage.DiskFull`: removes the save's
+  partial files (orbax's temporary folder; the older checkpoints stay), then says
+  where, how much the checkpoint needs and what is kept."""
+  if not storage.is_disk_full(error):
+    return
+  step, nbytes = _in_flight.pop(id(manager), (None, 0))
+  directory = str(manager.directory)
+  if step is not None and jax.process_index() == 0:
+    _remove_partial(directory, step)
+  manager.reload()
+  kept = [s for s in manager.all_steps() if s != step]
+  free = storage.free_bytes(directory)
+  raise storage.DiskFull(
+      f"no space left on device in {directory}: the checkpoint of step {step} needs about "
+      f"{nbytes / 2**20:.1f} MiB"
+      + (f" and {free / 2**20:.1f} MiB are free" if free is not None else "")
+      + "; its partial files were removed. "
+      + (f"The checkpoint of step {max(kept)} is kept: free some space and rerun the same "
+         f"command to resume from it." if kept else
+         "No earlier checkpoint exists: free some space and rerun.")) from None
 
 
 def _key_name(key) -> str:

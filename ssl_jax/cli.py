@@ -150,25 +150,71 @@ def check_writable(path: str) -> None:
 
 
 def run_guarded(fn: Callable[[], object], debug: bool) -> object:
-  """Runs `fn`, turning user errors into one line and the right exit status."""
-  from ssl_jax import checkpoint, preemption, stream, workdir_lock
+  """Runs `fn`, turning user errors into one line and the right exit status:
+  1 for what the message says to fix, 143 (SIGTERM) or 130 (Ctrl-C) for a run
+  stopped with a checkpoint, 74 for a full disk."""
+  from ssl_jax import checkpoint, preemption, storage, stream, workdir_lock
   try:
     return fn()
   except preemption.Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr)
-    sys.exit(preemption.EXIT_CODE)
-  except USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked,
-                        stream.WorkerDied) as e:
+    print(f"{e.label}: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (loading data, evaluating): nothing is
+    # half-written that a rerun does not redo.
     if debug:
       raise
-    fail(str(e))
+    print("interrupted: stopped by Ctrl-C. Rerun the same command to start again (a "
+          "training run resumes from its last checkpoint).", file=sys.stderr)
+    sys.exit(preemption.INTERRUPT_EXIT_CODE)
+  except Exception as e:  # noqa: BLE001
+    if debug:
+      raise
+    if storage.is_disk_full(e):  # first: orbax reports ENOSPC as a ValueError, too
+      message = str(e) if isinstance(e, storage.DiskFull) else (
+          f"no space left on device ({_first_line(e)}): free some space and rerun the same "
+          f"command to resume from the last checkpoint.")
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(storage.DISK_FULL_EXIT_CODE)
+    if isinstance(e, USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked,
+                                    stream.WorkerDied)):
+      fail(str(e))
+    raise
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+class _OrbaxErrors:
+  """A logging filter dropping orbax's own error logs (with tracebacks) of a failed save:
+  the exception reaches `run_guarded`, which says it in one line."""
+
+  def filter(self, record) -> bool:
+    return not (record.levelno >= 40 and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _unraisable(default):
+  def hook(unraisable) -> None:
+    # tensorstore's callbacks of a save that failed (a full disk) run after orbax
+    # closed their event loop; there is nothing left to report.
+    if "Event loop is closed" in str(unraisable.exc_value):
+      return
+    default(unraisable)
+  return hook
 
 
 def quiet_libraries(debug: bool) -> None:
   """Library INFO logs (orbax writes several lines per checkpoint) drown the
-  progress bars; --debug brings them back."""
+  progress bars, and orbax logs the traceback of a failed save that the run
+  reports in one line; --debug brings them back."""
+  import logging as std_logging
   from absl import logging
   logging.set_verbosity(logging.INFO if debug else logging.WARNING)
+  if not debug:
+    std_logging.getLogger("absl").addFilter(_OrbaxErrors())
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
 
 
 def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> None:
@@ -189,6 +235,15 @@ def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> N
   app.run(run, flags_parser=parse_flags)
 
 
+def evaluation_sentence(result: dict, path: str) -> str:
+  """What `python -m ssl_jax.evaluate`'s numbers are, in words."""
+  pct = lambda x: f"{100 * x:.2f}%"
+  return (f"checkpoint of step {result['step']} (epoch {result['epoch']:.2f}): kNN top-1 "
+          f"{pct(result['knn_top1'])} on backbone features ({pct(result['knn_top1_embedding'])} "
+          f"on the projection), linear probe top-1 {pct(result['linear_top1'])}, on the test "
+          f"split; written to {path}.")
+
+
 def evaluate_command() -> None:
   """`python -m ssl_jax.evaluate --workdir W`: kNN and linear top-1 of W's latest checkpoint.
 
@@ -207,7 +262,9 @@ def evaluate_command() -> None:
     t0 = time.time()
     result = run_guarded(lambda: train.evaluate_checkpoint(workdir), debug)
     result["wall_seconds"] = time.time() - t0
-    storage.write_json_atomic(storage.join(workdir, "eval.json"), result)
+    path = storage.join(workdir, "eval.json")
+    storage.write_json_atomic(path, result)
     print(json.dumps(result, indent=2))
+    print(evaluation_sentence(result, path))
 
   app.run(main, flags_parser=parse_flags)

@@ -100,11 +100,12 @@ def _batch_statistics_of_real_rows(mask: jax.Array):
 PROGRESS_DELAY = 5.0
 
 
-def _progress(total: int, desc: Optional[str], images_per_step: int) -> reporting.Progress:
+def _progress(total: int, desc: Optional[str], images_per_step: int,
+              show_rate: bool = True) -> reporting.Progress:
   """A bar on the first process, drawn after PROGRESS_DELAY seconds; none without `desc`."""
   return reporting.Progress(total, desc or "", images_per_step,
                             enabled=desc is not None and jax.process_index() == 0,
-                            delay=PROGRESS_DELAY)
+                            delay=PROGRESS_DELAY, show_rate=show_rate)
 
 
 def extract_features(p_embed: Callable, variables, split: data_lib.Split, *,
@@ -219,7 +220,7 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     return jax.lax.scan(step, carry, perm)[0]
 
   carry = (params, opt_state)
-  progress = _progress(epochs, desc, steps * batch_size)
+  progress = _progress(epochs, desc, steps * batch_size, show_rate=False)
   for done, key in enumerate(jax.random.split(jax.random.PRNGKey(seed), epochs), 1):
     carry = epoch(carry, key)
     if progress.enabled:

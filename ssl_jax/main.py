@@ -39,7 +39,7 @@ def main(argv) -> None:
     try:
       train.train_and_evaluate(config, _WORKDIR.value)
     except preemption.Preempted:
-      # Every process stops after the same step (train.Loop.stop_agreed), so
+      # Every process stops after the same step (ssl_jax.loop.Loop.stop_agreed), so
       # all of them reach this barrier and leave the runtime together.
       if joined:
         distributed.finish()

@@ -136,8 +136,13 @@ def main() -> None:
     cli.check_writable(f.out)
     if not os.path.isfile(f.embeddings):
       raise FileNotFoundError(f"--embeddings {f.embeddings}: no such file.")
+    with open(f.embeddings, "rb") as fh:
+      is_zip = fh.read(4) == b"PK\x03\x04"
+    if not is_zip:  # numpy would guess a pickle and add its allow_pickle advice
+      raise ValueError(f"--embeddings {f.embeddings} is not an .npz file; give the file "
+                       f"python -m ssl_jax.embed wrote.")
     try:
-      data = dict(np.load(f.embeddings))
+      data = dict(np.load(f.embeddings, allow_pickle=False))
       z, paths = data[f.features], [str(p) for p in data["paths"]]
     except (ValueError, KeyError, OSError) as e:
       raise ValueError(f"--embeddings {f.embeddings} is not an ssl_jax.embed file ({e}).")

@@ -109,6 +109,18 @@ class MetricWriter:
         self._tb.close()
 
 
+def count(n: int, noun: str) -> str:
+  """`1 epoch`, `2 epochs`, `1 class`, `10 classes`: a number and its noun, agreeing."""
+  if n == 1:
+    return f"{n} {noun}"
+  return f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
+
+
+def percent(fraction: float) -> str:
+  """A top-1 accuracy the way the README and CLAIMS write it: 0.349 -> `34.90%`."""
+  return f"{100 * fraction:.2f}%"
+
+
 def format_seconds(s: float) -> str:
   s = int(max(s, 0))
   return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -122,8 +134,11 @@ class Progress:
   """
 
   def __init__(self, total: int, desc: str, images_per_step: int, stream=None,
-               enabled: bool = True, delay: float = 0.0):
+               enabled: bool = True, delay: float = 0.0, show_rate: bool = True):
     self.total, self.desc, self.images_per_step = total, desc, images_per_step
+    # False where a step is not a pass over images (the linear probe's epochs go
+    # over stored features: their rate would not be an image rate).
+    self.show_rate = show_rate
     self.enabled = enabled  # False in every process but the first of a multi-process run
     # Nothing is drawn until `delay` seconds have passed: work that ends
     # sooner (evaluating a small split) leaves no lines in the log.
@@ -145,7 +160,7 @@ class Progress:
     done = int(width * count / max(self.total, 1))
     text = " ".join(f"{k} {v:.4g}" for k, v in (metrics or {}).items())
     line = (f"{self.desc} [{'#' * done}{'.' * (width - done)}] {count}/{self.total} {text} "
-            f"{rate:,.0f} img/s eta {format_seconds(eta)}")
+            + (f"{rate:,.0f} img/s " if self.show_rate else "") + f"eta {format_seconds(eta)}")
     if self.tty:
       self.stream.write("\r" + line + "\033[K")
       if count >= self.total:

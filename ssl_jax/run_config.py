@@ -115,3 +115,20 @@ def bank_lr_note(config: ml_collections.ConfigDict) -> Optional[str]:
   return (f"note: bank.lr = {config.bank.lr:g} is {ratio:.2g}x the configs' rule B * tau / 2 = "
           f"{rule:g} for batch {config.batch_size} and temperature {config.loss.temperature:g} "
           f"(4x was unstable in experiments/ablation); --config.bank.lr={rule:g} follows it.")
+
+
+def warmup_note(config: ml_collections.ConfigDict) -> Optional[str]:
+  """A line for a run no longer than its warmup, else None.
+
+  `optim.learning_rate_schedule` cuts such a warmup to the run's length: the
+  learning rate rises for the whole run and reaches optim.base_lr's peak only
+  at the last step, with no decay. Legal, but rarely what was meant (a
+  shipped config shortened with --config.num_epochs, say).
+  """
+  warmup, epochs = float(config.optim.warmup_epochs), int(config.num_epochs)
+  if warmup <= 0 or warmup < epochs:
+    return None
+  return (f"note: optim.warmup_epochs={warmup:g} is not less than num_epochs={epochs}: the "
+          f"warmup is cut to the run's length, so the learning rate rises for the whole run "
+          f"and never decays; --config.optim.warmup_epochs={max(epochs // 10, 0)} would "
+          f"leave room for the cosine decay.")

@@ -3,7 +3,8 @@
   run_info.json     the config fields that fix a checkpoint's meaning (resume check)
   config.json       the whole config (`ssl_jax.evaluate` rebuilds the run from it)
   metrics.jsonl     one record per logged step and per epoch (cut back on resume)
-  epoch_timing.json the seconds an epoch had run at each mid-epoch checkpoint
+  epoch_timing.json the seconds an epoch had run at each mid-epoch checkpoint, and the
+                    metric sums of the logging window open there
   init_eval.json, summary.json   written whole, atomically
   lock.json         the run that holds the workdir (`ssl_jax.workdir_lock`)
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import ml_collections
+import numpy as np
 
 from ssl_jax import storage
 from ssl_jax.run_config import ConfigError, num_shards
@@ -55,6 +58,14 @@ def prepare_workdir(workdir: str) -> None:
                       f"({e.filename or workdir}).") from None
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise ConfigError(f"workdir {workdir} is not writable by this user.")
+
+
+def remove_if_empty(workdir: str) -> None:
+  """Removes a local workdir that holds nothing (a run that stopped before writing)."""
+  try:
+    os.rmdir(workdir)
+  except OSError:
+    pass  # not empty, or already gone: kept as it is
 
 
 def check_resumable(workdir: str, config, num_train_examples: int) -> None:
@@ -108,6 +119,19 @@ def truncate_metrics(workdir: str, step: int) -> list[dict]:
 EPOCH_TIMING = "epoch_timing.json"
 
 
+def _entry(workdir: str, step: int, steps_per_epoch: int) -> Optional[dict]:
+  """epoch_timing.json's entry for a checkpoint at `step`, if it covers every step of
+  its epoch so far (a run from before an entry existed, or an earlier resume whose own
+  carry was missing, has none that does)."""
+  path = storage.join(workdir, EPOCH_TIMING)
+  if not storage.exists(path):
+    return None
+  entry = storage.read_json(path).get(str(step))
+  if not entry or entry["steps"] != step % steps_per_epoch:
+    return None
+  return entry
+
+
 def carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[float, int]:
   """(seconds, steps) the epoch of `step` had trained before the checkpoint at `step`.
 
@@ -115,20 +139,32 @@ def carried_epoch_time(workdir: str, step: int, steps_per_epoch: int) -> tuple[f
   after the resume: its epoch record, and so the sweeps' training seconds,
   would leave out the work before the stop. (0, 0) at an epoch boundary
   (entries are only written mid-epoch) and when the entry for `step` is
-  missing (a run from before this file existed) or does not cover every step
-  of its epoch (an earlier resume whose own carry was missing).
+  missing or does not cover every step of its epoch (`_entry`).
   """
-  path = storage.join(workdir, EPOCH_TIMING)
-  if not storage.exists(path):
-    return 0.0, 0
-  entry = storage.read_json(path).get(str(step))
-  if not entry or entry["steps"] != step % steps_per_epoch:
+  entry = _entry(workdir, step, steps_per_epoch)
+  if entry is None:
     return 0.0, 0
   return float(entry["seconds"]), int(entry["steps"])
 
 
-def record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> None:
-  """Adds the epoch's (seconds, steps) so far at checkpoint `step` to epoch_timing.json.
+def carried_metric_sums(workdir: str, step: int, steps_per_epoch: int) -> Optional[dict]:
+  """The metric sums of the logging window open at the checkpoint at `step`, as NumPy
+  scalars of their own dtypes, or None (no window open, or no entry).
+
+  A resumed run adds its steps to them, so the record that closes the window
+  is the one an uninterrupted run writes, to the bit (float32 sums survive
+  JSON exactly: each is a float64 that holds the float32 value).
+  """
+  entry = _entry(workdir, step, steps_per_epoch)
+  if entry is None or not entry.get("metric_sums"):
+    return None
+  return {k: np.asarray(v, dtype=dtype) for k, (v, dtype) in entry["metric_sums"].items()}
+
+
+def record_epoch_time(workdir: str, step: int, seconds: float, steps: int,
+                      metric_sums: Optional[dict] = None) -> None:
+  """Adds the epoch's (seconds, steps) so far at checkpoint `step` to epoch_timing.json,
+  with the open logging window's sums ({name: [value, dtype name]}) if one is open.
 
   Written before the checkpoint's save starts, so that no committed mid-epoch
   checkpoint lacks its entry. The last few entries are kept, not just this
@@ -137,7 +173,8 @@ def record_epoch_time(workdir: str, step: int, seconds: float, steps: int) -> No
   """
   path = storage.join(workdir, EPOCH_TIMING)
   entries = storage.read_json(path) if storage.exists(path) else {}
-  entries[str(step)] = {"seconds": seconds, "steps": steps}
+  entries[str(step)] = {"seconds": seconds, "steps": steps,
+                        **({"metric_sums": metric_sums} if metric_sums else {})}
   storage.write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
 
 
@@ -156,6 +193,7 @@ def write_config(workdir: str, config) -> None:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  storage.check_reachable(workdir, "--workdir")
   path = storage.join(workdir, "config.json")
   if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")

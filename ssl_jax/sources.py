@@ -12,6 +12,7 @@ crop). `ssl_jax.data` turns what is decoded into splits, shards and batches.
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import tarfile
 from typing import NamedTuple, Optional
@@ -208,6 +209,8 @@ def decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
   contiguous range [first, last] they span is read (TFDS's split slicing,
   as `tfds.split_for_jax_process` does).
   """
+  # TensorFlow's C++ INFO lines (oneDNN and the like) say nothing a user acts on.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   try:
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -222,7 +225,8 @@ def decode_tfds(name: str, split: str, size: int, data_dir: Optional[str],
     raise DataError(f"config.data.source 'tfds:{name}': no TFDS dataset is named {name!r} "
                     f"(tfds.list_builders() lists them, e.g. cifar10, cifar100, stl10, "
                     f"imagenet2012).") from None
-  builder.download_and_prepare()
+  from ssl_jax import downloads  # only where a TFDS dataset may need downloading
+  downloads.prepare(builder, name)
   info = builder.info
   first, positions = 0, None
   if keep is not None:

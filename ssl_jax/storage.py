@@ -24,13 +24,15 @@ TensorFlow only for `tfds:` sources (a user's own setting is kept).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import io
 import json
 import os
 import posixpath
+import shutil
 import uuid
-from typing import Union
+from typing import Optional, Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # before epath picks a backend for gs://
 
@@ -47,6 +49,54 @@ PathLike = Union[str, os.PathLike]
 
 class StorageError(ValueError):
   """A path that cannot be used (missing bucket, no credentials, no permission): one line."""
+
+
+# Exit status of a run stopped because its disk is full (sysexits.h's EX_IOERR):
+# not 1 (a config or data mistake) and not 143 (preempted, resumable as is).
+DISK_FULL_EXIT_CODE = 74
+
+
+class DiskFull(OSError):
+  """A write failed for lack of space; the message says where and what was kept."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an exception it was raised from, is ENOSPC.
+
+  Orbax raises it wrapped (tensorstore's `RESOURCE_EXHAUSTED ... No space left
+  on device`, a ValueError; or an OSError from a metadata write, several
+  layers down), so the message is checked as well as the errno.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, DiskFull) or getattr(error, "errno", None) == errno.ENOSPC
+        or "No space left on device" in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def free_bytes(p: PathLike) -> Optional[int]:
+  """Free bytes on the file system holding local path `p` (None for object stores)."""
+  if is_remote(p):
+    return None
+  p = os.path.expanduser(os.fspath(p))
+  while p and not os.path.exists(p):
+    p = os.path.dirname(p)
+  try:
+    return shutil.disk_usage(p or ".").free
+  except OSError:
+    return None
+
+
+def remove_tree(p: PathLike) -> None:
+  """Removes a file or folder tree, local or on an object store, if it exists."""
+  target = path(p)
+  if target.is_dir():
+    target.rmtree()
+  elif target.exists():
+    target.unlink()
 
 
 def is_remote(path: PathLike) -> bool:
@@ -184,6 +234,7 @@ def check_writable_folder(p: PathLike, what: str) -> None:
     if importlib.util.find_spec("gcsfs") is None:  # epath's backend for gs://
       raise StorageError(f"{what} {p}: gs:// paths need gcsfs; pip install "
                          f"'ssl_jax[gcs]' (or gcsfs).")
+    check_reachable(p, what)
   probe = path(p) / f".ssl_jax-write-check-{uuid.uuid4().hex[:12]}"
   try:
     probe.write_bytes(b"")
@@ -200,9 +251,24 @@ def check_writable_folder(p: PathLike, what: str) -> None:
         f"that they may write to bucket {_bucket(p)!r}.") from None
 
 
+def check_reachable(p: PathLike, what: str) -> None:
+  """StorageError (one line naming the cause) if the object store of URI `p` cannot be
+  reached. gcsfs would retry a failed connection for about a minute and then blame
+  the credentials; this asks the endpoint first, bounded (`ssl_jax.network`)."""
+  p = os.fspath(p)
+  if not p.startswith("gs://"):
+    return
+  from ssl_jax import network
+  endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+  if reason := network.unreachable([endpoint], use_proxy=False):
+    raise StorageError(f"{what} {p}: Cloud Storage cannot be reached: {reason}. Check the "
+                       f"network (or STORAGE_EMULATOR_HOST), or use a local path.")
+
+
 def check_readable(p: PathLike, what: str) -> None:
   """StorageError / FileNotFoundError (one line) unless `p` exists and can be read."""
   p = os.fspath(p)
+  check_reachable(p, what)
   try:
     found = path(p).exists()
   except Exception as e:  # noqa: BLE001  credentials, permissions, network

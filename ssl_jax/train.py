@@ -4,14 +4,13 @@
 (`ssl_jax.builders`), restores or initialises its state, and runs the pmapped
 step of its method (`ssl_jax.methods`) epoch by epoch. Everything the loop
 changes as it goes (step, epoch, clock, progress bar, accumulated metrics,
-history) lives in one `Loop` object.
+history) lives in one `Loop` object (`ssl_jax.loop`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -22,6 +21,7 @@ from ssl_jax import checkpoint
 from ssl_jax import compute
 from ssl_jax import data as data_lib
 from ssl_jax import devices
+from ssl_jax import downloads
 from ssl_jax import evaluate
 from ssl_jax import inputs as inputs_lib
 from ssl_jax import preemption
@@ -30,8 +30,9 @@ from ssl_jax import run_files
 from ssl_jax import steps
 from ssl_jax import storage
 from ssl_jax import workdir_lock
-from ssl_jax.run_config import ConfigError, bank_lr_note, num_shards, validate_config
-from ssl_jax.state import TrainState
+from ssl_jax.loop import Loop
+from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, validate_config,
+                                warmup_note)
 
 
 def peak_memory_bytes() -> Optional[int]:
@@ -59,114 +60,6 @@ def pmap_step(step_fn: steps.StepFn, steps_per_epoch: int, resident: bool,
   return jax.pmap(fn, axis_name=devices.AXIS, donate_argnums=(0,))
 
 
-@dataclasses.dataclass
-class Loop:
-  """The epoch loop's mutable run state and the actions that change it.
-
-  Fixed for the run: config, workdir, the training split, the schedule, the
-  checkpoint manager and the metric writer. Changed as it goes: the state and
-  its step, the epoch being run and where in it this process started, the
-  epoch's clock and carried-over time (an epoch resumed mid-way), the
-  progress bar, metric sums kept on device since the last fetch, and the
-  history of epoch records.
-  """
-  config: ml_collections.ConfigDict
-  workdir: str
-  train: data_lib.Split
-  steps_per_epoch: int
-  schedule: Callable
-  manager: Any
-  writer: reporting.MetricWriter
-  is_main: bool
-  state: TrainState
-  step: int
-  history: list
-  flops_plan: dict = dataclasses.field(default_factory=dict)  # compute.plan's, with a budget
-  carried: tuple = (0.0, 0)
-  epoch: int = 0
-  start: int = 0
-  t_epoch: float = 0.0
-  progress: Optional[reporting.Progress] = None
-  acc: Optional[dict] = None
-  # Several processes: the psum'd SIGTERM flags returned by the last two
-  # steps dispatched (the older one is read, so a step stays in flight).
-  stop_flags: tuple = (None, None)
-
-  def begin_epoch(self) -> None:
-    self.epoch, self.start = divmod(self.step, self.steps_per_epoch)
-
-  def start_clock(self) -> None:
-    self.progress = reporting.Progress(
-        self.steps_per_epoch - self.start, f"epoch {self.epoch + 1}/{self.config.num_epochs}",
-        int(self.config.batch_size), enabled=self.is_main)
-    self.t_epoch = time.perf_counter()
-
-  def add_step(self, state: TrainState, sums: dict, stop_flag=None) -> None:
-    self.state = state
-    self.acc = sums if self.acc is None else steps.accumulate_metrics(self.acc, sums)
-    self.step += 1
-    if stop_flag is not None:
-      self.stop_flags = (self.stop_flags[1], stop_flag)
-
-  def fetch_metrics(self) -> Optional[dict]:
-    """Brings the accumulated metrics to the host; stops the run if any step diverged."""
-    if self.acc is None:
-      return None
-    m, self.acc = steps.reduce_metrics(self.acc), None
-    if m["first_bad_step"] is not None:
-      raise FloatingPointError(
-          f"non-finite loss, gradient or bank at step {m['first_bad_step']}; stopped without "
-          f"saving it. The last good checkpoint is kept: step {self.manager.latest_step()} in "
-          f"{self.manager.directory}. Lower optim.base_lr or bank.lr and rerun to resume from it.")
-    del m["first_bad_step"], m["nonfinite"]
-    return m
-
-  def fetch_and_log(self) -> None:
-    m = self.fetch_metrics()
-    if m is not None:
-      m["lr"] = float(self.schedule(self.step - 1))
-      self.writer.write(self.step, m, epoch=(self.step - 1) // self.steps_per_epoch + 1)
-      self.progress.update(self.step - self.epoch * self.steps_per_epoch - self.start,
-                           {"loss": m["loss"]})
-
-  def epoch_seconds(self) -> tuple[float, int]:
-    """(seconds, steps) of the current epoch so far, over every process that ran it."""
-    return (self.carried[0] + time.perf_counter() - self.t_epoch,
-            self.carried[1] + self.step - self.epoch * self.steps_per_epoch - self.start)
-
-  def save_checkpoint(self) -> None:
-    self.fetch_and_log()
-    saved = builders.host_state(self.config, self.state, self.train.num_examples)
-    if self.step % self.steps_per_epoch and self.is_main:
-      # host_state waited for the step, so this is the epoch's time so far.
-      run_files.record_epoch_time(self.workdir, self.step, *self.epoch_seconds())
-    # Every record up to this step is durable before the checkpoint that keeps
-    # them on resume (on an object store the log is written at flushes only).
-    self.writer.flush()
-    checkpoint.save(self.manager, saved)
-
-  def preempt(self) -> None:
-    if self.manager.latest_step() != self.step:
-      self.save_checkpoint()
-    self.manager.wait_until_finished()
-    raise preemption.Preempted(
-        f"received SIGTERM: checkpoint saved at step {self.step} in {self.manager.directory}. "
-        f"Rerun the same command to resume.")
-
-  def stop_agreed(self, stop: preemption.StopRequest, *, latest: bool = False) -> bool:
-    """Whether to stop after this step; the same answer in every process at the same step.
-
-    One process: its own SIGTERM flag. Several: the flag summed over every
-    process by the step before this one (`latest`: by this one, which the
-    epoch's end has waited for anyway), so a process that received SIGTERM
-    makes all of them stop after the same step, one step later at most.
-    """
-    if self.stop_flags[1] is None:
-      return stop.requested
-    flag = self.stop_flags[1] if latest else self.stop_flags[0]
-    return flag is not None and float(devices.local_rows(flag)[0]) > 0
-
-
 def source_reason(config) -> str:
   """Why the run reads config.data.source: `data.source_reason` where it explains
   this source (`data.source_chosen`), else "set in the config"."""
@@ -174,6 +67,16 @@ def source_reason(config) -> str:
   if data.get("source_reason") and data.get("source_chosen", data.source) == data.source:
     return data.source_reason
   return "set in the config"
+
+
+def _other_source_hint(config) -> str:
+  """What to do when the config's source cannot be downloaded."""
+  folder = ("--config.data.source=folder:PATH (a folder or .tar of train/ and test/, one "
+            "subfolder per class)")
+  reason = source_reason(config)
+  if reason in ("set in the config", "given on the command line"):
+    return f"Pass {folder}, or prepare the dataset on a machine with network."
+  return f"The config chose it because {reason}: provide that, or pass {folder}."
 
 
 def _setup_log(config, nd: int, is_main: bool):
@@ -200,16 +103,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   nd = jax.local_device_count()
   validate_config(config, nd)
   is_main = jax.process_index() == 0
+  created = not storage.is_remote(workdir) and not storage.exists(workdir)
   run_files.prepare_workdir(workdir)
-  with workdir_lock.hold(workdir, log=print if is_main else (lambda *a: None)):
-    return _train_and_evaluate(config, workdir, t_start, nd, is_main)
+  try:
+    with workdir_lock.hold(workdir, log=print if is_main else (lambda *a: None)):
+      return _train_and_evaluate(config, workdir, t_start, nd, is_main)
+  except BaseException:
+    # A run that stopped before writing anything (its data source failed, say)
+    # leaves no empty workdir behind it.
+    if created and is_main:
+      run_files.remove_if_empty(workdir)
+    raise
 
 
 def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: bool) -> dict:
   """train_and_evaluate once the config is valid and the workdir is held."""
   log = _setup_log(config, nd, is_main)
 
-  train, test, skipped = builders.load_data(config, log)
+  try:
+    train, test, skipped = builders.load_data(config, log)
+  except downloads.DownloadFailed as e:
+    raise downloads.DownloadFailed(f"{e} {_other_source_hint(config)}") from None
   num_classes = builders.count_classes(train, test)
   for note in builders.label_notes(train, test):
     log(note)
@@ -223,14 +137,17 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   run_files.check_resumable(workdir, config, train.num_examples)
   given = config  # config.json keeps what was asked; a FLOP budget plans num_epochs
   config, flops_plan = compute.plan(config, train, steps_per_epoch, workdir, log)
+  if note := warmup_note(config):
+    log(note)
   on_device = bool(config.data.get("on_device", False))
   if on_device:
     builders.check_resident_fits(train)
   total_steps = steps_per_epoch * config.num_epochs
-  log(f"{train.num_examples} training images ({num_classes} classes), "
-      f"{test.num_examples} test images; batch {global_batch}, {steps_per_epoch} steps/epoch, "
-      f"{config.num_epochs} epochs"
-      + (f"; {jax.process_count()} processes, {shards} data shards"
+  log(f"{reporting.count(train.num_examples, 'training image')} "
+      f"({reporting.count(num_classes, 'class')}), "
+      f"{reporting.count(test.num_examples, 'test image')}; batch {global_batch}, "
+      f"{steps_per_epoch} steps/epoch, {reporting.count(int(config.num_epochs), 'epoch')}"
+      + (f"; {jax.process_count()} processes, {reporting.count(shards, 'data shard')}"
          if jax.process_count() > 1 or shards > 1 else ""))
 
   model = builders.build_model(config)
@@ -238,7 +155,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   aug_cfg = builders.augment_config(config)
   p_eval = evaluate.make_embed_fn(model, aug_cfg)
 
-  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints, cleanup=True)
   fresh = builders.initial_state(config, model, tx, train.num_examples)
   state = checkpoint.restore_latest(manager, fresh, log)
   init_eval_path = storage.join(workdir, "init_eval.json")
@@ -248,13 +165,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     init_eval = builders.run_evaluation(config, p_eval,
                                         devices.replicate(steps.variables(state)), train,
                                         test, num_classes, linear=False)
-    log(f"untrained network: kNN top-1 {init_eval['knn_top1']:.4f} "
-        f"(embedding {init_eval['knn_top1_embedding']:.4f})")
+    log(f"untrained network: kNN top-1 {reporting.percent(init_eval['knn_top1'])} "
+        f"(embedding {reporting.percent(init_eval['knn_top1_embedding'])})")
     if is_main:
       storage.write_json_atomic(init_eval_path, init_eval)
       # Resets the log of an earlier attempt that died before its first checkpoint.
       run_files.truncate_metrics(workdir, 0)
-    history, carried = [], (0.0, 0)
+    history, carried, window = [], (0.0, 0), None
   else:
     log(f"resuming from checkpoint at step {int(state.step)} "
         f"(epoch {int(state.step) // steps_per_epoch})")
@@ -262,6 +179,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     history = [r for r in run_files.truncate_metrics(workdir, int(state.step))
                if "epoch_seconds" in r]
     carried = run_files.carried_epoch_time(workdir, int(state.step), steps_per_epoch)
+    window = run_files.carried_metric_sums(workdir, int(state.step), steps_per_epoch)
   if is_main:
     run_files.write_config(workdir, given)
     run_files.write_run_info(workdir, config, train.num_examples)
@@ -278,7 +196,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
               flops_plan=flops_plan,
               schedule=schedule, manager=manager,
               writer=reporting.MetricWriter(workdir, enabled=is_main), is_main=is_main,
-              state=state, step=step, history=history, carried=carried)
+              state=state, step=step, history=history, carried=carried, acc=window)
   first_epoch = step // steps_per_epoch  # this process's: it pays for compilation
   inputs_lib.check_indices(train, config, nd, first_epoch)
   try:
@@ -295,10 +213,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
             loop.add_step(*p_train_step(loop.state, flag, *args))
           else:
             loop.add_step(*p_train_step(loop.state, *args))
-          # At an epoch's last step the epoch-end work (record, kNN, save)
-          # runs first, so a resumed run's log matches an uninterrupted one.
-          if loop.step % steps_per_epoch and loop.stop_agreed(stop):
-            loop.preempt()
+          # At an epoch's last step the epoch-end work (record, kNN, then a
+          # save if either cadence asks) runs first, so a resumed run's log
+          # matches an uninterrupted one.
+          if loop.step % steps_per_epoch == 0:
+            continue
+          if loop.stop_agreed(stop):
+            loop.preempt(stop)
           if config.checkpoint_every_steps and loop.step % config.checkpoint_every_steps == 0:
             loop.save_checkpoint()
           elif loop.step % config.log_every_steps == 0:
@@ -306,10 +227,10 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
         _end_epoch(loop, p_eval, test, num_classes, inputs,
                    includes_compile=loop.epoch == first_epoch)
         if loop.stop_agreed(stop, latest=True):
-          loop.preempt()
+          loop.preempt(stop)
   finally:
     # Lets a pending asynchronous save finish, whatever stopped the loop.
-    manager.wait_until_finished()
+    checkpoint.finish_saves(manager)
     loop.writer.close()
   return _finish(loop, p_eval, test, num_classes, init_eval, skipped, t_start, log)
 
@@ -342,12 +263,15 @@ def _end_epoch(loop: Loop, p_eval, test, num_classes: int, inputs: inputs_lib.Ep
         bank=builders.bank_of(config, loop.state, loop.train.num_examples) if from_bank else None)
     record.update(knn)
     if loop.is_main:
-      print(f"epoch {epoch_done}: kNN top-1 " + (f"{knn['knn_top1_bank']:.4f} (bank)" if from_bank
-                                                 else f"{knn['knn_top1']:.4f}"))
+      print(f"epoch {epoch_done}: kNN top-1 "
+            + (f"{reporting.percent(knn['knn_top1_bank'])} (bank)" if from_bank
+               else reporting.percent(knn["knn_top1"])))
   loop.writer.write(loop.step, record, epoch=epoch_done, includes_compile=includes_compile)
   loop.history.append({"step": loop.step, "epoch": epoch_done,
                        "includes_compile": includes_compile, **record})
+  every_steps = config.checkpoint_every_steps
   if (epoch_done % config.checkpoint_every_epochs == 0
+      or (every_steps and loop.step % every_steps == 0)
       or loop.step >= loop.steps_per_epoch * config.num_epochs):
     loop.save_checkpoint()
 
@@ -399,8 +323,9 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   }
   if loop.is_main:
     storage.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
-    log(f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained "
-        f"{summary['knn_top1']:.4f}; linear top-1 {summary['linear_top1']:.4f} "
+    log(f"kNN top-1: untrained {reporting.percent(summary['knn_top1_init'])} -> trained "
+        f"{reporting.percent(summary['knn_top1'])}; linear top-1 "
+        f"{reporting.percent(summary['linear_top1'])} "
         f"({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")
   return summary
 

@@ -29,14 +29,20 @@ TOTAL_STEPS = 21
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 
-def command(workdir, *extra):
-  return [sys.executable, "-m", "ssl_jax.main", "--config", "configs/quickstart.py",
+def command(workdir, *extra, stop_at=False):
+  """The tiny run's command line; `stop_at`: through tests/stop_at_step.py, which
+  signals the run at the steps its environment names."""
+  entry = ["tests/stop_at_step.py"] if stop_at else ["-m", "ssl_jax.main"]
+  return [sys.executable, *entry, "--config", "configs/quickstart.py",
           "--workdir", str(workdir), *TINY, *extra]
 
 
-def run(workdir, *extra, expect=0, env=None):
-  proc = subprocess.run(command(workdir, *extra), capture_output=True, text=True, cwd=REPO,
-                        env=env or ENV, timeout=600)
+def run(workdir, *extra, expect=0, env=None, **stop_env):
+  """Runs the tiny run to its end (or its expected exit status); returns its output.
+  `stop_env` (STOP_AT="SIGTERM@7", FILL_DISK_AT=...) runs it through stop_at_step.py."""
+  env = dict(env or ENV, **{k: str(v) for k, v in stop_env.items()})
+  proc = subprocess.run(command(workdir, *extra, stop_at=bool(stop_env)), capture_output=True,
+                        text=True, cwd=REPO, env=env, timeout=600)
   assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
   return proc.stdout + proc.stderr
 

@@ -205,6 +205,12 @@ def test_bad_input_is_one_line(run, tmp_path):
   line = _one_error_line(_cli("ssl_jax.neighbors", "--embeddings", tmp_path / "none.npz",
                               "--out", tmp_path / "g.png"))
   assert "no such file" in line
+  for name, content in (("notes.txt", b"some text\n"), ("photo.jpg", b"\xff\xd8\xff\xe0JFIF")):
+    (tmp_path / name).write_bytes(content)
+    line = _one_error_line(_cli("ssl_jax.neighbors", "--embeddings", tmp_path / name,
+                                "--out", tmp_path / "g.png"))
+    assert line == (f"error: --embeddings {tmp_path / name} is not an .npz file; give the file "
+                    "python -m ssl_jax.embed wrote.")
 
 
 @needs_cifar10

@@ -44,7 +44,7 @@ def test_quickstart_learns_resumes_and_evaluates(tmp_path):
     assert key in summary, key
   assert summary["num_train_examples"] == 2500 and summary["devices"] == 2
   assert summary["knn_top1_init"] == first["knn_top1_init"]
-  assert f"kNN top-1: untrained {summary['knn_top1_init']:.4f} -> trained" in out
+  assert f"kNN top-1: untrained {100 * summary['knn_top1_init']:.2f}% -> trained" in out
   assert summary["knn_top1"] > summary["knn_top1_init"] + LEARNING_MARGINS["ours"], summary
   assert summary["linear_top1"] > 0.2
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -54,6 +54,11 @@ def test_quickstart_learns_resumes_and_evaluates(tmp_path):
   result = json.load(open(os.path.join(workdir, "eval.json")))
   assert result["step"] == 6 * 19
   assert result["knn_top1"] == pytest.approx(summary["knn_top1"], abs=1e-9)
+  assert (
+      f"checkpoint of step {6 * 19} (epoch 6.00): kNN top-1 {100 * result['knn_top1']:.2f}% on "
+      f"backbone features ({100 * result['knn_top1_embedding']:.2f}% on the projection), linear "
+      f"probe top-1 {100 * result['linear_top1']:.2f}%, on the test split; written to "
+      f"{workdir}/eval.json.") in out
 
 
 @needs_cifar10

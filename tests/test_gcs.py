@@ -134,7 +134,7 @@ def test_evaluate_and_export_read_a_gs_workdir_and_fall_back_from_a_truncated_ch
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"checkpoint at step {runs.TOTAL_STEPS} is unreadable" in proc.stdout + proc.stderr
-  assert json.loads(proc.stdout[proc.stdout.index("{"):])["step"] == 20
+  assert json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])["step"] == 20
   # Set aside, not deleted: every object moved to unreadable-<step>-<time>/.
   folders = {n.split("/")[1] for n in _objects(storage.join(workdir)) if "/" in n
              and n.startswith("checkpoints/")}
