@@ -148,9 +148,13 @@ class _EvalBatch:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
-  """Keeps a worker that imported JAX (through ssl_jax) off the accelerators."""
+  """Keeps a worker that imported JAX (through ssl_jax) off the accelerators, and out
+  of Ctrl-C: a terminal sends SIGINT to every process of its foreground group, and
+  the training process, which checkpoints and then ends its workers, decides."""
   del worker_index, worker_count
+  import signal
   import sys
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   if "jax" in sys.modules:
     sys.modules["jax"].config.update("jax_platforms", "cpu")
 

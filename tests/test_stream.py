@@ -234,3 +234,15 @@ def test_a_streamed_run_learns(tmp_path):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["input_pipeline"] == "stream" and summary["num_train_examples"] == 2500
   assert summary["knn_top1"] > summary["knn_top1_init"] + LEARNING_MARGINS["ours"], summary
+
+
+def test_data_workers_leave_ctrl_c_to_the_training_process():
+  """A terminal's Ctrl-C reaches every process of its group; a Grain worker ignores
+  it, so the training process alone decides (checkpoint, then it ends the workers)."""
+  import subprocess
+  import sys
+  code = ("import signal; from ssl_jax import stream; stream._worker_init(0, 2); "
+          "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.stdout.strip() == "True", proc.stderr[-2000:]
