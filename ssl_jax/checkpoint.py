@@ -51,7 +51,7 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = Fals
   full disk raises `storage.DiskFull` after removing this save's partial files
   (at once with `wait`, or later from `finish_saves` for an asynchronous save).
   """
-  if manager.latest_step() is not None and int(state.step) == manager.latest_step():
+  if int(state.step) == manager.latest_step():   # None when there is no checkpoint
     return int(state.step)
   # Host (NumPy) copies: with several processes, orbax writes such leaves once,
   # from process 0, and every process must call save for its barriers.
@@ -163,7 +163,8 @@ def structure_difference(saved: dict, expected: dict) -> Optional[str]:
   return "; ".join(parts)
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: BaseException) -> str:
+  """An exception's first line (200 characters at most), or its type's name."""
   return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
@@ -210,7 +211,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
       saved = (expected if metadata is None   # no metadata to compare: restoring tells
                else leaf_specs(metadata.tree, is_leaf=lambda x: hasattr(x, "shape")))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
-      saved, reason = None, _first_line(e)
+      saved, reason = None, first_line(e)
     if saved is not None:
       if (difference := structure_difference(saved, expected)) is not None:
         raise CheckpointError(
@@ -220,7 +221,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
       try:
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # the metadata read, the data did not
-        state, reason = None, _first_line(e)
+        state, reason = None, first_line(e)
     if saved is None or state is None:
       errors.append(f"step {step}: {reason}")
       dst = _set_aside(manager, step)

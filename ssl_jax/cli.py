@@ -4,7 +4,8 @@
     python -m ssl_jax.evaluate --workdir runs/q                               (`evaluate_command`)
 
 Errors a user can fix print one line starting with `error:` and exit with
-status 1 (`--debug` shows the traceback); a preempted run exits with 143.
+status 1 (`--debug` shows the traceback); a run stopped with a checkpoint exits
+with 143 after SIGTERM and 130 after Ctrl-C; a full disk exits with 74.
 That holds from the first flag on: `parse_flags` is every command line's
 flag parser (`app.run(main, flags_parser=cli.parse_flags)`), so a mistyped
 field, a missing config file or a bad value is one line too.
@@ -172,19 +173,14 @@ def run_guarded(fn: Callable[[], object], debug: bool) -> object:
       raise
     if storage.is_disk_full(e):  # first: orbax reports ENOSPC as a ValueError, too
       message = str(e) if isinstance(e, storage.DiskFull) else (
-          f"no space left on device ({_first_line(e)}): free some space and rerun the same "
-          f"command to resume from the last checkpoint.")
+          f"no space left on device ({checkpoint.first_line(e)}): free some space and rerun "
+          f"the same command to resume from the last checkpoint.")
       print(f"error: {message}", file=sys.stderr)
       sys.exit(storage.DISK_FULL_EXIT_CODE)
     if isinstance(e, USER_ERRORS + (checkpoint.CheckpointError, workdir_lock.WorkdirLocked,
                                     stream.WorkerDied)):
       fail(str(e))
     raise
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class _OrbaxErrors:

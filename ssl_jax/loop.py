@@ -131,7 +131,7 @@ class Loop:
     stop) ask for is written by the first to ask. A full disk raises
     storage.DiskFull, whichever file it stopped."""
     if self.manager.latest_step() == self.step:
-      return
+      return  # checkpoint.save would skip it too, after a needless device_get of the state
     window = None
     if self.at_log_boundary():
       self.fetch_and_log()

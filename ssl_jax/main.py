@@ -2,8 +2,8 @@
 
 Config fields are overridden with `--config.field=value`. Errors print one
 line and exit with status 1; `--debug` shows the traceback. SIGTERM writes a
-checkpoint and exits with status 143 (128 + SIGTERM); rerunning the same
-command resumes. Several processes (TPU pod slices, GPU nodes, or
+checkpoint and exits with status 143 (128 + SIGTERM), Ctrl-C with 130; rerunning
+the same command resumes. Several processes (TPU pod slices, GPU nodes, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) join through
 `ssl_jax.distributed` before training.
 """
