@@ -138,8 +138,12 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.eval.batch_size = 1024
   # kNN against: "embed" (the training split embedded again by the current network)
   # or "bank" (the bank rows as the training embeddings: no pass over the
-  # training images; bank methods only). The final evaluation reports both.
+  # training images; bank methods only), also for the untrained network's kNN
+  # before step 1. The final evaluation reports both.
   config.eval.knn_source = "embed"
+  # How kNN and the linear probe store the training features on the devices
+  # (split by rows over all of them): "float32", or "bfloat16" to halve them.
+  config.eval.feature_dtype = "float32"
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.linear_epochs = 100

@@ -9,7 +9,11 @@ with `data.workers` Grain workers; the bank holds all 1,281,167 training
 images, split over the devices (`bank.sharded`: 1,281,167 x 128 float32 is
 656 MB in total, not on every device). kNN during training reads the bank
 (`eval.knn_source="bank"`): one pass over the 50,000 validation images, not
-over 1.28M training images; the final evaluation embeds both splits.
+over 1.28M training images, also for the untrained network (so the bank's
+calibration is the only pass over the training images before step 1); the
+final evaluation embeds both splits, and kNN and the linear probe split the
+training features over every device (`benchmarks/scale.py`: at most 1.61 GiB
+per device on 8 devices).
 
 Not run in this repository (no accelerator here can hold it): a test builds
 it, shrinks it to a tiny model and mock data and runs two steps through the

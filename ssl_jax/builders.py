@@ -135,14 +135,17 @@ def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> Tr
     return state.replace(bank=bank_lib.random_bank(key, n, d))
   log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
       f"(BatchNorm in {config.bank.calibrate_bn} mode)")
-  # Every process embeds its own rows; the gathered z is the whole bank, in
-  # instance order, on every process.
+  # Every process embeds its own rows, keeping only the d-dim z (not the
+  # backbone's features); gathered, they are the whole bank, in instance
+  # order, on every process.
   p_embed = evaluate.make_embed_fn(build_model(config), augment_config(config),
                                    batch_norm=config.bank.calibrate_bn)
-  _, z = evaluate.extract_features(p_embed, devices.replicate(steps.variables(state)), train,
-                                   batch_size=config.eval.batch_size,
-                                   num_devices=jax.local_device_count(), desc="calibrating")
-  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(z, jnp.float32)))
+  z, = evaluate.extract_features(p_embed, devices.replicate(steps.variables(state)), train,
+                                 batch_size=config.eval.batch_size,
+                                 num_devices=jax.local_device_count(), desc="calibrating",
+                                 keep=("z",))
+  bank = evaluate.gather_rows(z, train)
+  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(bank, jnp.float32)))
 
 
 def is_sharded(config) -> bool:
@@ -255,6 +258,17 @@ def resident_split(train: data_lib.Split) -> jax.Array:
   return devices.replicate(images)
 
 
+def process_bounds(split: data_lib.Split) -> list[tuple[int, int]]:
+  """[lo, hi) of the instances each process holds, in process order."""
+  return [split.layout.process_bounds(p) for p in range(split.layout.process_count)]
+
+
+def shard_features(config, feats: np.ndarray, split: data_lib.Split) -> evaluate.Rows:
+  """This process's feature rows of `split` -> rows over every device (`eval.feature_dtype`)."""
+  return evaluate.shard_rows(feats, split.labels, process_bounds(split),
+                             dtype=config.eval.get("feature_dtype", "float32"))
+
+
 def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
                    linear: bool, bank: Optional[np.ndarray] = None,
                    test_only: bool = False) -> dict:
@@ -263,28 +277,33 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   bank: the memory bank [N, d] (host); adds `knn_top1_bank`, the test
   embeddings' kNN against the bank rows as training embeddings. test_only
   (with a bank): embeds the test split alone and reports only that, the
-  per-epoch `eval.knn_source="bank"` evaluation (no pass over the training set).
+  `eval.knn_source="bank"` evaluation (no pass over the training set).
+  Training features stay split over the devices (`evaluate.shard_rows`).
   """
   nd = jax.local_device_count()
   bs = config.eval.batch_size
   test_h, test_z = evaluate.extract_features(model_eval_fn, state_variables, test,
                                              batch_size=bs, num_devices=nd,
                                              desc="embedding the test split")
-  train_y, test_y = evaluate.gather_labels(train), evaluate.gather_labels(test)
+  counts = [hi - lo for lo, hi in process_bounds(test)]
+  knn = dict(k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+             num_classes=num_classes, process_counts=counts)
   out = {}
   if bank is not None:
-    out["knn_top1_bank"] = evaluate.knn_top1(
-        np.asarray(bank, np.float32), train_y, test_z, test_y, k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature, num_classes=num_classes)
+    lo, hi = train.layout.local_bounds
+    rows = shard_features(config, np.asarray(bank[lo:hi], np.float32), train)
+    out["knn_top1_bank"] = evaluate.knn_top1(rows, test_z, test.labels, **knn)
+    del rows
     if test_only:
       return out
   train_h, train_z = evaluate.extract_features(model_eval_fn, state_variables, train,
                                                batch_size=bs, num_devices=nd,
                                                desc="embedding the train split")
-  # Features (gathered above) and labels from every process: the kNN bank and
-  # the probe's training set are the whole training subset everywhere.
-  return {**evaluate.evaluate_features(train_h, train_z, train_y, test_h, test_z, test_y,
-                                       config.eval, num_classes, linear=linear), **out}
+  h_rows, z_rows = shard_features(config, train_h, train), shard_features(config, train_z, train)
+  del train_h, train_z  # the host copies of this process's rows: the devices hold them now
+  return {**evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels,
+                                       config.eval, num_classes, linear=linear,
+                                       process_counts=counts), **out}
 
 
 def bank_of(config, state: TrainState, num_examples: int) -> Optional[np.ndarray]:

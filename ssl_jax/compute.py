@@ -43,6 +43,31 @@ def cost_flops(compiled: Any) -> Optional[float]:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def abstract_state(config, model, tx, num_examples: int, local_devices: int,
+                   global_devices: int) -> Any:
+  """The per-device train state [D_local, ...] as shapes only (nothing is allocated):
+  every leaf replicated, a sharded bank [D_local, ceil(N / D_global), d]."""
+  state = jax.eval_shape(lambda: builders.initial_state(config, model, tx, num_examples))
+  stacked = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct((local_devices, *x.shape), x.dtype), state)
+  if builders.is_sharded(config):
+    rows = -(-num_examples // global_devices)
+    stacked = stacked.replace(bank=jax.ShapeDtypeStruct(
+        (local_devices, rows, state.bank.shape[1]), state.bank.dtype))
+  return stacked
+
+
+def abstract_stream_batch(config, local_devices: int, global_devices: int) -> dict:
+  """A streamed batch's shapes: one host crop per view, uint8 [D, b, (V,) S, S, 3] and
+  int32 index [D, b] (ssl_jax.stream)."""
+  b = int(config.batch_size) // global_devices
+  views = methods.get(config.method).num_views
+  s = int(config.data.image_size)
+  return {"image": jax.ShapeDtypeStruct(
+              (local_devices, b) + ((views,) if views > 1 else ()) + (s, s, 3), np.uint8),
+          "index": jax.ShapeDtypeStruct((local_devices, b), np.int32)}
+
+
 def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
   """FLOPs of one global train step of `config`, over every device of every process.
 
@@ -56,20 +81,9 @@ def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
   nd = jax.local_device_count()
   model = builders.build_model(config)
   _, tx = builders.build_optimizer(config, steps_per_epoch)
-  state = jax.eval_shape(lambda: builders.initial_state(config, model, tx, train.num_examples))
-  stacked = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((nd, *x.shape), x.dtype),
-                                   state)
-  if builders.is_sharded(config):
-    rows = -(-train.num_examples // jax.device_count())
-    stacked = stacked.replace(bank=jax.ShapeDtypeStruct((nd, rows, state.bank.shape[1]),
-                                                        state.bank.dtype))
+  stacked = abstract_state(config, model, tx, train.num_examples, nd, jax.device_count())
   if config.data.get("stream", False):
-    # A streamed batch: one host crop per view, [D, b, (V,) S, S, 3] (ssl_jax.stream).
-    b = int(config.batch_size) // (nd * jax.process_count())
-    views = methods.get(config.method).num_views
-    s = int(config.data.image_size)
-    batch = {"image": np.zeros((nd, b) + ((views,) if views > 1 else ()) + (s, s, 3), np.uint8),
-             "index": np.zeros((nd, b), np.int32)}
+    batch = abstract_stream_batch(config, nd, jax.device_count())
   else:
     batch = next(data_lib.train_batches(train, global_batch=int(config.batch_size),
                                         num_local_devices=nd, seed=config.seed, epoch=0))

@@ -98,6 +98,9 @@ class Split:
   # Position of each row in the full split before `subset` (for fractions).
   source_index: Optional[np.ndarray] = None
   layout: Optional[Layout] = None  # None: one process holding the whole split
+  # Completed embedding passes over the split (`evaluate.extract_features`):
+  # a run logs how many it made over the training data before its first step.
+  passes: int = 0
 
   def __post_init__(self):
     if self.layout is None:

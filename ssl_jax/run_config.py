@@ -69,6 +69,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if int(config.data.get("workers", 0)) < 0:
       raise ConfigError(f"config.data.workers must be >= 0, got {config.data.workers}.")
   allowed("eval.knn_source", config.eval.get("knn_source", "embed"), ("embed", "bank"))
+  allowed("eval.feature_dtype", config.eval.get("feature_dtype", "float32"),
+          ("float32", "bfloat16"))
   if config.eval.get("knn_source", "embed") == "bank" and not methods.get(
       config.method).uses_bank:
     raise ConfigError(f"config.eval.knn_source='bank' needs a method with a memory bank "

@@ -161,12 +161,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   init_eval_path = storage.join(workdir, "init_eval.json")
   if state is None or not storage.exists(init_eval_path):
     state = builders.init_bank(config, fresh, train, log)
-    log("evaluating the untrained network (kNN)...")
-    init_eval = builders.run_evaluation(config, p_eval,
-                                        devices.replicate(steps.variables(state)), train,
-                                        test, num_classes, linear=False)
-    log(f"untrained network: kNN top-1 {reporting.percent(init_eval['knn_top1'])} "
-        f"(embedding {reporting.percent(init_eval['knn_top1_embedding'])})")
+    init_eval = _evaluate_untrained(config, p_eval, state, train, test, num_classes, log)
     if is_main:
       storage.write_json_atomic(init_eval_path, init_eval)
       # Resets the log of an earlier attempt that died before its first checkpoint.
@@ -301,8 +296,9 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       "epochs": config.num_epochs,
       "devices": jax.device_count(),
       "platform": jax.devices()[0].platform,
-      "knn_top1_init": init_eval["knn_top1"],
-      "knn_top1_embedding_init": init_eval["knn_top1_embedding"],
+      # Before step 1: against the embedded training split, or against the
+      # calibrated bank with eval.knn_source="bank" (`knn_top1_bank_init`).
+      **{f"{key}_init": value for key, value in init_eval.items()},
       **final,
       "seconds_per_epoch": sec_per_step * spe,
       "images_per_second": int(config.batch_size) / sec_per_step if sec_per_step else None,
@@ -323,11 +319,31 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   }
   if loop.is_main:
     storage.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
-    log(f"kNN top-1: untrained {reporting.percent(summary['knn_top1_init'])} -> trained "
+    untrained = summary.get("knn_top1_init", summary.get("knn_top1_bank_init"))
+    log(f"kNN top-1: untrained {reporting.percent(untrained)} -> trained "
         f"{reporting.percent(summary['knn_top1'])}; linear top-1 "
         f"{reporting.percent(summary['linear_top1'])} "
         f"({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")
   return summary
+
+
+def _evaluate_untrained(config, p_eval, state, train, test, num_classes: int, log) -> dict:
+  """The untrained network's kNN; against the calibrated bank with eval.knn_source="bank"
+  (no second pass over the training data). Logs the passes made before step 1."""
+  from_bank = config.eval.get("knn_source", "embed") == "bank"
+  log("evaluating the untrained network (kNN" + (" against the bank)..." if from_bank
+                                                 else ")..."))
+  bank = np.asarray(jax.device_get(state.bank)) if from_bank else None
+  result = builders.run_evaluation(config, p_eval, devices.replicate(steps.variables(state)),
+                                   train, test, num_classes, linear=False, bank=bank,
+                                   test_only=from_bank)
+  if from_bank:
+    log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1_bank'])} (bank)")
+  else:
+    log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1'])} "
+        f"(embedding {reporting.percent(result['knn_top1_embedding'])})")
+  log(f"passes over the training data before step 1: {train.passes}")
+  return result
 
 
 def evaluate_checkpoint(workdir: str) -> dict:

@@ -27,7 +27,8 @@ LOSS_TESTS = ["tests/test_losses_and_bank.py", "tests/test_reference_variants.py
               "tests/test_fused_bank.py::test_fused_pass_matches_float64_reference"]
 STEP_TESTS = ["tests/test_baseline_losses.py", "tests/test_step_losses.py",
               "tests/test_train_step.py"]
-EVAL_TESTS = ["tests/test_evaluate_and_reporting.py", "tests/test_reference_variants.py"]
+EVAL_TESTS = ["tests/test_evaluate_and_reporting.py", "tests/test_reference_variants.py",
+              "tests/test_sharded_evaluation.py"]
 GCS_TESTS = ["tests/test_gcs.py"]
 
 # (name, file, text to replace, replacement, tests)
@@ -74,10 +75,14 @@ MUTANTS = [
      "(_, t), _ = model.apply(state.extra, x, train=True, mutable=[\"batch_stats\"])",
      "(_, t), _ = model.apply(state.extra, x, train=False, mutable=[\"batch_stats\"])",
      STEP_TESTS),
-    ("kNN votes from k + 1 neighbours", "ssl_jax/evaluate.py",
-     "top_sim, top_idx = jax.lax.top_k(sim, k)", "top_sim, top_idx = jax.lax.top_k(sim, k + 1)",
+    ("kNN votes from k + 1 neighbours", "ssl_jax/evaluate/knn.py",
+     "top_sim, label = -neg_sim[:, :k], label[:, :k]",
+     "top_sim, label = -neg_sim[:, :k + 1], label[:, :k + 1]", EVAL_TESTS),
+    ("kNN ties to the higher index", "ssl_jax/evaluate/knn.py",
+     "neg_sim, _, label = jax.lax.sort((-candidates[0], candidates[1], candidates[2]),",
+     "neg_sim, _, label = jax.lax.sort((-candidates[0], -candidates[1], candidates[2]),",
      EVAL_TESTS),
-    ("kNN weights ignore the temperature", "ssl_jax/evaluate.py",
+    ("kNN weights ignore the temperature", "ssl_jax/evaluate/knn.py",
      "weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)",
      "weights = jnp.exp(top_sim - top_sim[:, :1])", EVAL_TESTS),
     ("autodiff bank transition without its factor B", "ssl_jax/bank_objective.py",

@@ -100,3 +100,34 @@ def test_a_bad_grid_is_refused_before_anything_is_measured():
   cfg.grid = (("resnet18", 1.0, 512, ("ours",)),)
   with pytest.raises(ValueError, match="grid rows are"):
     bench.check_config(cfg, 512)
+
+
+def test_the_scale_benchmark_compiles_every_program_and_writes_its_plan(tmp_path):
+  """`benchmarks/scale.py` at toy shapes: every program at each device count, the JSON
+  layout the README describes, and the kNN's per-device features shrinking with D."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  out = tmp_path / "scale"
+  cmd = [sys.executable, "-m", "benchmarks.scale", "--config", "configs/imagenet.py",
+         "--config.model.name=resnet10", "--config.model.width=0.0625",
+         "--config.data.image_size=32", "--config.batch_size=16", "--config.eval.batch_size=16",
+         "--num_train=1001", "--num_classes=10", "--devices=2,4", "--methods=ours,simclr",
+         f"--out={out}"]
+  proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], env=dict(
+      os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  results = json.loads((tmp_path / "scale.json").read_text())
+  names = {"train_step_ours", "train_step_simclr", "calibrate", "knn", "linear_probe"}
+  assert set(results["programs"]) == names
+  for name in names:
+    for count in ("2", "4"):
+      r = results["programs"][name][count]
+      assert r["argument_bytes"] > 0 and r["temp_bytes"] >= 0 and r["compile_seconds"] > 0
+      assert r["flops"] > 0, (name, count)
+  # resnet10 at width 1/16 has 32-d features: each device holds ceil(1001 / D) rows of them.
+  knn = results["programs"]["knn"]
+  for count, rows in (("2", 501), ("4", 251)):
+    assert rows * 32 * 4 <= knn[count]["argument_bytes"] < rows * 32 * 4 + 200_000
+  assert "| knn | 4 |" in (tmp_path / "scale.md").read_text()

@@ -29,8 +29,8 @@ def test_knn_matches_numpy_reference():
   test_y = rng.integers(0, 5, 70)
   for k in (1, 20, 200):
     expected = np.mean(_knn_reference(train, train_y, test, k, 0.1, 5) == test_y)
-    got = evaluate.knn_top1(train, train_y, test, test_y, k=k, temperature=0.1, batch_size=32,
-                            num_classes=5)
+    got = evaluate.knn_top1(evaluate.shard_rows(train, train_y), test, test_y, k=k,
+                            temperature=0.1, batch_size=32, num_classes=5)
     assert got == pytest.approx(expected)
 
 
@@ -39,12 +39,14 @@ def test_knn_and_linear_probe_separate_clustered_features(monkeypatch, capsys):
   centers = rng.normal(size=(4, 32)) * 3
   y = rng.integers(0, 4, 600)
   x = centers[y] + rng.normal(size=(600, 32))
-  knn = evaluate.knn_top1(x[:400], y[:400], x[400:], y[400:], k=20)
-  lin = evaluate.linear_probe(x[:400], y[:400], x[400:], y[400:], num_classes=4, epochs=20,
-                              lr=1e-2)
-  monkeypatch.setattr(evaluate, "PROGRESS_DELAY", 0.0)  # show the bar however short the run
-  noise = evaluate.linear_probe(rng.normal(size=(400, 32)), y[:400], rng.normal(size=(200, 32)),
-                                y[400:], num_classes=4, epochs=20, lr=1e-2, desc="probe")
+  train = evaluate.shard_rows(x[:400], y[:400])
+  knn = evaluate.knn_top1(train, x[400:], y[400:], k=20)
+  lin = evaluate.linear_probe(train, x[400:], y[400:], num_classes=4, epochs=20, lr=1e-2)
+  # show the bar however short the run
+  monkeypatch.setattr(evaluate.features, "PROGRESS_DELAY", 0.0)
+  noise = evaluate.linear_probe(evaluate.shard_rows(rng.normal(size=(400, 32)), y[:400]),
+                                rng.normal(size=(200, 32)), y[400:], num_classes=4, epochs=20,
+                                lr=1e-2, desc="probe")
   assert knn > 0.9 and lin > 0.9 and noise < 0.5
   err = capsys.readouterr().err
   assert "probe [" in err and "20/20" in err, err
@@ -108,7 +110,7 @@ def test_extract_features_returns_every_row_in_order_and_shows_progress_on_long_
   np.testing.assert_array_equal(h[:, 0], ids)
   np.testing.assert_array_equal(z[:, 0], 2 * ids)
   assert capsys.readouterr().err == ""  # a short pass: no progress lines
-  monkeypatch.setattr(evaluate, "PROGRESS_DELAY", 0.0)
+  monkeypatch.setattr(evaluate.features, "PROGRESS_DELAY", 0.0)
   evaluate.extract_features(p_embed, None, split, batch_size=8, num_devices=4,
                             desc="embedding the test split")
   err = capsys.readouterr().err

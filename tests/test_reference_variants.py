@@ -100,8 +100,8 @@ def test_knn_predictions_match_the_reference_where_k_and_temperature_decide(
   train = _points(np.array([0.1, 0.3, 0.3, 0.3, 0.35, 0.35, 0.35, 0.5]))
   labels = np.array([0, 1, 1, 1, 2, 2, 2, 2], np.int32)
   test = _points(np.array([0.0]))
-  got = np.asarray(evaluate._knn_predict(train, labels, test, k=k, temperature=temperature,
-                                         num_classes=3))
+  got = np.asarray(evaluate.knn_predict(evaluate.shard_rows(train, labels), test, k=k,
+                                        temperature=temperature, num_classes=3))
   ref = _knn_reference(train, labels, test, k, temperature, 3)
   assert got.tolist() == ref.tolist() == [expected]
 
@@ -114,13 +114,13 @@ def test_knn_predictions_match_the_reference_element_by_element_with_ties():
   test /= np.linalg.norm(test, axis=1, keepdims=True)
   labels = rng.integers(0, 4, 60).astype(np.int32)
   for k, t in ((1, 0.1), (5, 0.07), (20, 0.5), (60, 1.0)):
-    got = np.asarray(evaluate._knn_predict(train, labels, test, k=k, temperature=t,
-                                           num_classes=4))
+    got = np.asarray(evaluate.knn_predict(evaluate.shard_rows(train, labels), test, k=k,
+                                          temperature=t, num_classes=4))
     np.testing.assert_array_equal(got, _knn_reference(train, labels, test, k, t, 4))
   # A tie of votes goes to the lowest class index, in both.
   tie = _points(np.array([0.2, -0.2]))
-  got = evaluate._knn_predict(tie, np.array([3, 1], np.int32), _points(np.array([0.0])), k=2,
-                              temperature=0.1, num_classes=4)
+  got = evaluate.knn_predict(evaluate.shard_rows(tie, np.array([3, 1], np.int32)),
+                             _points(np.array([0.0])), k=2, temperature=0.1, num_classes=4)
   assert int(got[0]) == 1
 
 
@@ -131,7 +131,8 @@ def test_knn_votes_do_not_overflow_at_a_low_temperature():
   labels = np.array([0, 0, 0, 1], np.int32)
   test = _points(np.array([0.0]))
   assert _knn_reference(train, labels, test, 4, 0.003, 2).tolist() == [1]
-  got = evaluate._knn_predict(train, labels, test, k=4, temperature=0.003, num_classes=2)
+  got = evaluate.knn_predict(evaluate.shard_rows(train, labels), test, k=4, temperature=0.003,
+                             num_classes=2)
   assert int(got[0]) == 1
 
 
@@ -160,11 +161,13 @@ def test_the_linear_probe_agrees_with_a_reference_solver():
   # Separable: both classify every test point right.
   xtr, ytr = blobs(1024, 0.3)
   xte, yte = blobs(200, 0.3)
-  assert evaluate.linear_probe(xtr, ytr, xte, yte, num_classes=4, epochs=50, lr=1e-2) == 1.0
+  assert evaluate.linear_probe(evaluate.shard_rows(xtr, ytr), xte, yte, num_classes=4, epochs=50,
+                               lr=1e-2) == 1.0
   assert np.mean(_softmax_regression(xtr, ytr, 4)(xte) == yte) == 1.0
   # Overlapping classes: the probe's accuracy is the reference's, within 2 points.
   xtr, ytr = blobs(2048, 2.5)
   xte, yte = blobs(1000, 2.5)
   ref = np.mean(_softmax_regression(xtr, ytr, 4)(xte) == yte)
-  got = evaluate.linear_probe(xtr, ytr, xte, yte, num_classes=4, epochs=100, lr=1e-2)
+  got = evaluate.linear_probe(evaluate.shard_rows(xtr, ytr), xte, yte, num_classes=4,
+                              epochs=100, lr=1e-2)
   assert 0.4 < ref < 0.95 and abs(got - ref) <= 0.02, (got, ref)

@@ -162,6 +162,10 @@ def test_a_streaming_run_trains_resumes_and_reports_its_input(tmp_path, folder):
             "--config.eval.every_epochs=1", "--config.eval.knn_source=bank"]
   out = _cli("ssl_jax.main", *common, "--config.num_epochs=1")
   assert "streaming 120 of the 120 examples" in out and "input decodes" in out
+  # The calibration is the only pass over the training images before step 1:
+  # the untrained network's kNN reads the calibrated bank.
+  assert "passes over the training data before step 1: 1\n" in out
+  assert "untrained network: kNN top-1" in out and "% (bank)" in out
   assert "epoch 1: kNN top-1" not in out  # the last epoch's kNN is the final evaluation's
   out = _cli("ssl_jax.main", *common, "--config.num_epochs=3")
   assert "resuming from checkpoint at step 3 (epoch 1)" in out
