@@ -104,6 +104,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # temporaries (benchmarks/run.py, bank part). Off by default so the
   # committed CPU results rerun bit for bit; configs/cifar10.py turns it on.
   config.bank.fused = False
+  # Go over the bank in chunks of this many rows (two passes, `ssl_jax/chunked_bank.py`):
+  # no [B, N] logits, for banks larger than device memory allows; 0: all rows at once.
+  config.bank.chunk_rows = 0
 
   # Baselines (used when config.method is "simclr" or "byol").
   config.simclr = ml_collections.ConfigDict()

@@ -56,6 +56,9 @@ def get_config(method: str = "ours"):
   config.optim.weight_decay = 1e-6
   config.optim.warmup_epochs = 10
   config.bank.sharded = True
+  # Two passes over chunks of 16,384 bank rows: 0.1 GiB of temporaries instead of
+  # 10 GiB for the [B, N] logits at batch 512 (benchmarks/bank_chunked.py).
+  config.bank.chunk_rows = 16384
   config.bank.lr = 0.5 * config.batch_size * config.loss.temperature
   config.eval.knn_source = "bank" if config.method in ("ours", "npid") else "embed"
   config.eval.every_epochs = 10

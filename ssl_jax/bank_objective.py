@@ -39,6 +39,9 @@ class BankMethodConfig:
   # Loss, logit gradient and bank update from one softmax pass
   # (`fused_loss_and_transition`) instead of autodiff through the loss.
   fused: bool = False
+  # Bank rows per chunk of the two-pass objective (`ssl_jax.chunked_bank`), for
+  # the replicated and the sharded bank; 0: every row at once.
+  chunk_rows: int = 0
 
   @classmethod
   def from_config(cls, config, num_examples: int = 0) -> "BankMethodConfig":
@@ -48,7 +51,8 @@ class BankMethodConfig:
                update=config.bank.update_rule, bank_lr=float(config.bank.lr),
                momentum=float(config.bank.momentum),
                sharded=bool(config.bank.get("sharded", False)), num_examples=int(num_examples),
-               fused=bool(config.bank.get("fused", False)))
+               fused=bool(config.bank.get("fused", False)),
+               chunk_rows=int(config.bank.get("chunk_rows", 0)))
 
   @property
   def closed_form(self) -> bool:

@@ -123,11 +123,22 @@ def loss_and_transition(z: jax.Array, bank_shard: jax.Array, idx: jax.Array,
     new = bank_shard.astype(jnp.float32) - cfg.bank_lr * inv_tau / big * grad
     new = jnp.where(real[:, None], bank_lib.normalize_rows(new), 0.0)
   else:
-    # Momentum rule on the positives this shard owns; others are left alone
-    # (scattered to a dropped out-of-range row).
-    target = jnp.where(owned, local, n)
-    m = jnp.asarray(cfg.momentum, jnp.float32)
-    moved = bank_lib.normalize_rows(
-        m * bank_shard[local].astype(jnp.float32) + (1.0 - m) * zz.astype(jnp.float32))
-    new = bank_shard.astype(jnp.float32).at[target].set(moved, mode="drop")
+    new = momentum_shard(bank_shard, zz, ii, k * n, cfg.momentum)
   return metrics, dz, new.astype(bank_shard.dtype)
+
+
+def momentum_shard(bank_shard: jax.Array, zz: jax.Array, ii: jax.Array, offset: jax.Array,
+                   momentum: float) -> jax.Array:
+  """The momentum rule on the rows [offset, offset + n) a device holds: [n, d] float32.
+
+  zz [B, d], ii [B]: the global batch's embeddings and indices. Positives
+  this shard owns move; others are left alone (scattered to a dropped
+  out-of-range row).
+  """
+  n = bank_shard.shape[0]
+  owned = (ii >= offset) & (ii < offset + n)
+  local = jnp.clip(ii - offset, 0, n - 1)
+  m = jnp.asarray(momentum, jnp.float32)
+  moved = bank_lib.normalize_rows(
+      m * bank_shard[local].astype(jnp.float32) + (1.0 - m) * zz.astype(jnp.float32))
+  return bank_shard.astype(jnp.float32).at[jnp.where(owned, local, n)].set(moved, mode="drop")

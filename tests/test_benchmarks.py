@@ -131,3 +131,21 @@ def test_the_scale_benchmark_compiles_every_program_and_writes_its_plan(tmp_path
   for count, rows in (("2", 501), ("4", 251)):
     assert rows * 32 * 4 <= knn[count]["argument_bytes"] < rows * 32 * 4 + 200_000
   assert "| knn | 4 |" in (tmp_path / "scale.md").read_text()
+
+
+def test_the_chunked_bank_benchmark_writes_its_rows(tmp_path):
+  """`benchmarks/bank_chunked.py` at toy sizes: timed and planned rows in the layout the
+  issue names, chunks that shrink the temporaries, outputs equal to the unchunked pass."""
+  from benchmarks import bank_chunked
+  out = tmp_path / "bank"
+  bank_chunked.main(["--sizes", "3000", "--chunks", "0,256", "--planned", "5000",
+                     "--planned_chunk", "256", "--devices", "4", "--batch", "64",
+                     "--repeats", "1", "--rounds", "1", "--out", str(out)])
+  rows = json.loads((tmp_path / "bank.json").read_text())["rows"]
+  assert [(r["N"], r["devices"], r["chunk_rows"]) for r in rows] == [
+      (3000, 1, None), (3000, 1, 256), (5000, 4, None), (5000, 4, 256)]
+  assert all(r["seconds"] > 0 for r in rows[:2]) and rows[2]["seconds"] is None
+  assert rows[1]["temp_bytes"] < rows[0]["temp_bytes"]
+  assert rows[3]["temp_bytes"] < rows[2]["temp_bytes"]
+  assert rows[1]["max_abs_diff_to_first"] < 1e-5
+  assert "| 3,000 | 64 | 1 | 256 |" in (tmp_path / "bank.md").read_text()

@@ -40,17 +40,25 @@ def test_fused_pass_matches_float64_reference(update, kl_weight):
   z, bank, idx = _problem(6, 50)
   metrics, dz, new = jax.jit(
       lambda z, v, i: bank_objective.fused_loss_and_transition(z, v, i, cfg, None))(z, bank, idx)
+  assert_matches_reference(metrics, dz, new, z, bank, idx, cfg)
+
+
+def assert_matches_reference(metrics, dz, new, z, bank, idx, cfg):
+  """A one-pass objective's (metrics, dz, new bank) against the float64 references."""
+  t, lr, m, kl_weight, update = (cfg.temperature, cfg.bank_lr, cfg.momentum, cfg.kl_weight,
+                                 cfg.update)
+  b = len(idx)
   s = ref.bank_logits(z, bank, t)
   ce, skl = ref.instance_ce(s, idx), ref.sqrt_kl(s)
   np.testing.assert_allclose(metrics["ce"], ce, rtol=1e-5)
   np.testing.assert_allclose(metrics["sqrt_kl"], skl if kl_weight else 0.0, rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(metrics["loss"], ce + kl_weight * skl, rtol=1e-5)
   lp = ref.log_softmax(s)
-  np.testing.assert_allclose(metrics["pos_prob"], np.mean(np.exp(lp[np.arange(6), idx])),
+  np.testing.assert_allclose(metrics["pos_prob"], np.mean(np.exp(lp[np.arange(b), idx])),
                              rtol=1e-5)
   g = ref.logit_grad(s, idx, kl_weight)
   # d(mean_b L_b)/dz = G V / (b tau), from the chain rule through s = z V^T / tau.
-  np.testing.assert_allclose(dz, g @ bank.astype(np.float64) / (6 * t), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dz, g @ bank.astype(np.float64) / (b * t), rtol=1e-4, atol=1e-6)
   expected = (ref.grad_update(bank, z, g, lr, t) if update == "grad"
               else ref.momentum_update(bank, z, idx, m))
   np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@
 The config itself (ResNet-50, 224 px, 1.28M bank rows, batch 4096) cannot run
 here. The test keeps everything that makes it the ImageNet config (TFDS
 `imagenet2012` streamed from ArrayRecord records, the ImageNet stem, bf16,
-LARS, the sharded bank, blur, kNN from the bank) and shrinks the sizes: TFDS's
+LARS, the sharded bank in chunks, blur, kNN from the bank) and shrinks the sizes: TFDS's
 mock data stands in for the dataset (random JPEGs of ImageNet's features), a
 tiny ResNet, 32 px, 16 images, two steps. TensorFlow is imported for the mock
 only, in a child process (in the test process it can abort later tests).
@@ -31,6 +31,7 @@ from ssl_jax import train
 config = imagenet.get_config()
 assert (config.model.name, config.model.stem, config.data.image_size) == ("resnet50", "imagenet", 224)
 assert config.data.stream and config.bank.sharded and config.eval.knn_source == "bank"
+assert config.bank.chunk_rows == 16384  # 4 rows a device here: one chunk of 4
 assert config.optim.name == "lars" and config.model.dtype == "bfloat16"
 config.unlock()
 config.model.name, config.model.width, config.model.head_hidden = "resnet10", 0.0625, 32

@@ -13,7 +13,8 @@ One step (per replica):
      all-gathered batch against this device's rows) -> L_ce + lambda * L_skl
      (with bank.fused or bank.sharded, the loss, its gradient in z and the
      bank's update come from one softmax pass; the encoder's backward pass
-     starts from that gradient)
+     starts from that gradient; with bank.chunk_rows=C, from two passes over
+     chunks of C bank rows, never holding [b, N])
   -> gradients pmean'd over the axis -> optax update
   -> bank transition of the *global* batch (psum of G^T Z, or all-gathered
      z and indices for the momentum rule), identical on every replica.
@@ -30,6 +31,7 @@ import optax
 
 from ssl_jax import augment
 from ssl_jax import bank_objective
+from ssl_jax import chunked_bank
 from ssl_jax import devices
 from ssl_jax import losses
 from ssl_jax import sharded_bank
@@ -56,6 +58,11 @@ def bank_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransf
   if images.dtype == jnp.uint8:
     images = augment.augment_batch(steps.step_key(state.rng, state.step), images, idx, aug_cfg)
 
+  if method_cfg.chunk_rows:
+    objective = lambda z, bank: chunked_bank.loss_and_transition(
+        z, bank, idx, method_cfg, chunk_rows=method_cfg.chunk_rows, axis_name=axis_name)
+    return steps.cotangent_step(state, images, idx, objective, model=model, tx=tx,
+                                axis_name=axis_name)
   if method_cfg.sharded:
     objective = lambda z, bank: sharded_bank.loss_and_transition(
         z, bank, idx, method_cfg, num_examples=method_cfg.num_examples, axis_name=axis_name)
@@ -94,9 +101,12 @@ def make_step(ctx: steps.StepContext) -> steps.StepFn:
 
 
 def validate(config) -> None:
-  """bank.sharded and bank.fused compute the closed-form objective only."""
+  """bank.sharded, bank.fused and bank.chunk_rows compute the closed-form objective only."""
   method_cfg = bank_objective.BankMethodConfig.from_config(config)
-  for option in ("bank.sharded", "bank.fused"):
+  if int(config.bank.get("chunk_rows", 0)) < 0:
+    raise ValueError(f"config.bank.chunk_rows must be >= 0 (0: no chunks), got "
+                     f"{config.bank.chunk_rows}.")
+  for option in ("bank.sharded", "bank.fused", "bank.chunk_rows"):
     if config.bank.get(option.split(".")[1], False):
       bank_objective.check_closed_form(method_cfg, option)
 
