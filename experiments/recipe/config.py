@@ -46,9 +46,10 @@ def recipe_variants(base: ml_collections.ConfigDict) -> tuple:
   lr, bank_lr, batch = base.optim.base_lr, base.bank.lr, base.batch_size
   return (
       ("default", "method=ours"),
-      # No closed-form logit gradient: the fused pass (on in the GPU base) is refused.
-      ("kl_dir=p_q", "method=ours loss.kl_direction=p_q bank.fused=false"),
-      ("kl_sg=off", "method=ours loss.kl_stop_gradient=false bank.fused=false"),
+      # No closed-form logit gradient: the fused pass and its chunks (on in the GPU
+      # base) are refused, so these variants take autodiff through the loss.
+      ("kl_dir=p_q", "method=ours loss.kl_direction=p_q bank.fused=false bank.chunk_rows=0"),
+      ("kl_sg=off", "method=ours loss.kl_stop_gradient=false bank.fused=false bank.chunk_rows=0"),
       # The other head from the base's: the GPU base (configs/cifar10.py) already
       # has the MLP head that won on the CPU preset.
       (("head=linear", "method=ours model.head=linear") if base.model.head == "mlp" else
