@@ -185,10 +185,16 @@ def run_guarded(fn: Callable[[], object], debug: bool) -> object:
 
 class _OrbaxErrors:
   """A logging filter dropping orbax's own error logs (with tracebacks) of a failed save:
-  the exception reaches `run_guarded`, which says it in one line."""
+  the exception reaches `run_guarded`, which says it in one line. Also asyncio's
+  "Task exception was never retrieved" for an orbax write task of that save
+  (which of them is left unretrieved depends on timing)."""
 
   def filter(self, record) -> bool:
-    return not (record.levelno >= 40 and f"{os.sep}orbax{os.sep}" in record.pathname)
+    if record.levelno < 40:
+      return True
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      return False
+    return not (record.name == "asyncio" and "orbax" in record.getMessage())
 
 
 def _unraisable(default):
@@ -209,7 +215,8 @@ def quiet_libraries(debug: bool) -> None:
   from absl import logging
   logging.set_verbosity(logging.INFO if debug else logging.WARNING)
   if not debug:
-    std_logging.getLogger("absl").addFilter(_OrbaxErrors())
+    for name in ("absl", "asyncio"):  # a logger's filters see only its own records
+      std_logging.getLogger(name).addFilter(_OrbaxErrors())
     sys.unraisablehook = _unraisable(sys.unraisablehook)
 
 

@@ -85,3 +85,34 @@ def test_the_linear_probe_bar_shows_no_image_rate():
   bar = reporting.Progress(4, "linear probe (epochs)", 500, stream=stream, show_rate=False)
   bar.update(4)
   assert "img/s" not in stream.getvalue() and "4/4" in stream.getvalue()
+
+
+def test_a_failed_saves_unretrieved_orbax_task_is_not_logged():
+  """asyncio's "Task exception was never retrieved" for an orbax write of a save that
+  failed is dropped (the run said it in one line); other asyncio errors are kept."""
+  import logging
+  import sys
+  from absl import logging as absl_logging
+  from ssl_jax import cli
+  saved = (sys.unraisablehook, absl_logging.get_verbosity(),
+           {n: list(logging.getLogger(n).filters) for n in ("absl", "asyncio")})
+  cli.quiet_libraries(debug=False)
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage())
+  handler = Keep()
+  logger = logging.getLogger("asyncio")
+  logger.addHandler(handler)
+  try:
+    logger.error("Task exception was never retrieved\nfuture: <Task finished coro=<NumpyHandler."
+                 "_open_and_write() defined at /x/orbax/checkpoint/type_handlers.py:114>>")
+    logger.error("Task exception was never retrieved\nfuture: <Task finished coro=<mine()>>")
+  finally:
+    logger.removeHandler(handler)
+    sys.unraisablehook = saved[0]
+    absl_logging.set_verbosity(saved[1])
+    for name, filters in saved[2].items():
+      logging.getLogger(name).filters = filters
+  assert len(seen) == 1 and "mine()" in seen[0]
