@@ -103,10 +103,8 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
                  struct((evaluate.QUERY_BATCH, dim), np.float32), struct((), np.float32)))
   e = config.eval
   batch = min(int(e.linear_batch_size), num_train)
-  probe = linear.probe_program(num_train, batch, float(e.linear_lr),
-                               float(e.linear_weight_decay), int(e.linear_epochs))
-  probe_tx = linear.probe_optimizer(float(e.linear_lr), float(e.linear_weight_decay),
-                                    int(e.linear_epochs) * (num_train // batch))
+  probe_tx, probe = linear.probe_program(num_train, batch, float(e.linear_lr),
+                                         float(e.linear_weight_decay), int(e.linear_epochs))
   params = {"w": struct((dim, num_classes), np.float32), "b": struct((num_classes,), np.float32)}
   carry = jax.tree_util.tree_map(lambda x: struct((d, *x.shape), x.dtype),
                                  (params, jax.eval_shape(probe_tx.init, params)))

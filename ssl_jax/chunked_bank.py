@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from ssl_jax import bank as bank_lib
 from ssl_jax import losses
 from ssl_jax import sharded_bank
+from ssl_jax import bank_objective
 from ssl_jax.bank_objective import BankMethodConfig, check_closed_form
 
 # Below every logit (|s| <= 1 / tau), finite so that exp(m - m') of two empty
@@ -159,9 +160,6 @@ def loss_and_transition(z: jax.Array, bank: jax.Array, idx: jax.Array, cfg: Bank
   if cfg.update != "grad":   # the momentum rule scatters the batch's rows; no G needed
     if cfg.sharded:
       new_bank = sharded_bank.momentum_shard(bank, zz, ii, offset, cfg.momentum)
-    else:
-      if axis_name is not None:
-        zz = jax.lax.all_gather(z, axis_name, tiled=True)
-        ii = jax.lax.all_gather(idx, axis_name, tiled=True)
-      new_bank = bank_lib.momentum_update(bank, zz, ii, cfg.momentum)
+    else:   # the replicated bank's rule takes no logits
+      new_bank = bank_objective.bank_transition(bank, z, None, idx, cfg, axis_name)
   return metrics, dz, new_bank.astype(bank.dtype)

@@ -49,8 +49,8 @@ def probe_optimizer(lr: float, weight_decay: float, total_steps: int):
 @functools.lru_cache(maxsize=None)
 def probe_program(num_examples: int, batch_size: int, lr: float, weight_decay: float,
                   epochs: int):
-  """The pmapped epoch: (params, opt_state [D, ...], key, feats, labels, start, count,
-  mean, std [D, ...]) -> (params, opt_state), replicated.
+  """(optimizer, the pmapped epoch: (params, opt_state [D, ...], key, feats, labels, start,
+  count, mean, std [D, ...]) -> (params, opt_state), replicated).
 
   One program per probe setting: the arrays are arguments, so a probe at
   another N or dim reuses nothing but also closes over nothing.
@@ -77,8 +77,8 @@ def probe_program(num_examples: int, batch_size: int, lr: float, weight_decay: f
       updates, s = tx.update(grads, s, p)
       return (optax.apply_updates(p, updates), s), None
     return jax.lax.scan(step, (params, opt_state), order.reshape(steps, batch_size))[0]
-  return jax.pmap(epoch, axis_name=devices.AXIS,
-                  in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0), donate_argnums=(0, 1))
+  return tx, jax.pmap(epoch, axis_name=devices.AXIS,
+                      in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0), donate_argnums=(0, 1))
 
 
 def fit_probe(rows: rows_lib.Rows, *, num_classes: Optional[int] = None, epochs: int = 100,
@@ -93,8 +93,7 @@ def fit_probe(rows: rows_lib.Rows, *, num_classes: Optional[int] = None, epochs:
   num_classes = int(num_classes or rows.num_classes)
   n, dim = rows.num_examples, int(rows.feats.shape[-1])
   batch_size = min(batch_size, n)
-  program = probe_program(n, batch_size, float(lr), float(weight_decay), int(epochs))
-  tx = probe_optimizer(float(lr), float(weight_decay), epochs * (n // batch_size))
+  tx, program = probe_program(n, batch_size, float(lr), float(weight_decay), int(epochs))
   mean, std = standardization(rows.feats, rows.count)
   params = {"w": jnp.zeros((dim, num_classes)), "b": jnp.zeros((num_classes,))}
   carry = devices.replicate((params, tx.init(params)), rows.local_devices)
