@@ -107,6 +107,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # Go over the bank in chunks of this many rows (two passes, `ssl_jax/chunked_bank.py`):
   # no [B, N] logits, for banks larger than device memory allows; 0: all rows at once.
   config.bank.chunk_rows = 0
+  # How the bank is stored: "bfloat16" halves its memory and checkpoint; logits
+  # still accumulate in float32 and each update is computed in float32, then
+  # rounded (experiments/bank_dtype measured what that costs).
+  config.bank.dtype = "float32"
 
   # Baselines (used when config.method is "simclr" or "byol").
   config.simclr = ml_collections.ConfigDict()

@@ -120,19 +120,29 @@ def initial_state(config, model, tx, num_examples: int) -> TrainState:
   method = methods.get(config.method)
   size = int(config.data.image_size)
   rows = num_examples if method.uses_bank else 1
-  bank = jnp.zeros((rows, int(config.model.embed_dim)), jnp.float32)
+  bank = jnp.zeros((rows, int(config.model.embed_dim)), bank_dtype(config))
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (size, size, 3), bank)
   return state.replace(extra=method.init_extra(state))
 
 
+def bank_dtype(config) -> jnp.dtype:
+  """The bank's storage dtype (`config.bank.dtype`); float32 for a method's placeholder."""
+  if not methods.get(config.method).uses_bank:
+    return jnp.dtype(jnp.float32)
+  return jnp.dtype(config.bank.get("dtype", "float32"))
+
+
 def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> TrainState:
-  """The bank of `config.bank.init`: random rows, or one pass of the untrained network."""
+  """The bank of `config.bank.init`: random rows, or one pass of the untrained network.
+
+  Rows are computed in float32 and stored as `config.bank.dtype`.
+  """
   n, d = state.bank.shape
   if not methods.get(config.method).uses_bank:
     return state
   if config.bank.init == "random":
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
-    return state.replace(bank=bank_lib.random_bank(key, n, d))
+    return state.replace(bank=bank_lib.random_bank(key, n, d, dtype=bank_dtype(config)))
   log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
       f"(BatchNorm in {config.bank.calibrate_bn} mode)")
   # Every process embeds its own rows, keeping only the d-dim z (not the
@@ -145,7 +155,8 @@ def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> Tr
                                  num_devices=jax.local_device_count(), desc="calibrating",
                                  keep=("z",))
   bank = evaluate.gather_rows(z, train)
-  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(bank, jnp.float32)))
+  return state.replace(bank=bank_lib.normalize_rows(jnp.asarray(bank, jnp.float32))
+                       .astype(bank_dtype(config)))
 
 
 def is_sharded(config) -> bool:

@@ -31,6 +31,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   allowed("bank.init", config.bank.init, bank_objective.BANK_INITS)
   allowed("bank.update_rule", config.bank.update_rule, bank_objective.BANK_UPDATES)
   allowed("bank.calibrate_bn", config.bank.calibrate_bn, bank_objective.CALIBRATE_BN)
+  allowed("bank.dtype", config.bank.get("dtype", "float32"), ("float32", "bfloat16"))
   allowed("loss.kl_direction", config.loss.kl_direction, ("q_p", "p_q"))
   allowed("optim.name", config.optim.name, optim.OPTIMIZERS)
   allowed("model.name", config.model.name, sorted(models.STAGES))

@@ -17,7 +17,7 @@ class TrainState:
   step: int32 scalar, optimizer steps taken (also positions the data order).
   params, batch_stats: the encoder's variables.
   opt_state: optax state.
-  bank: [N, d] float32 memory bank, unit rows, replicated on every device
+  bank: [N, d] memory bank (float32, or config.bank.dtype), unit rows, replicated on every device
     (with config.bank.sharded, device k holds its [ceil(N / D), d] rows)
     (an unused [1, d] placeholder for methods without a bank).
   rng: uint32 [2] base key; step t uses fold_in(rng, t).

@@ -3,12 +3,15 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import default
 from experiments import sweep
 from experiments.ablation import config as ablation_config
 from experiments.ablation import run as ablation_run
+from experiments.bank_dtype import config as bank_dtype_config
+from experiments.bank_dtype import run as bank_dtype_run
 from experiments.data_efficiency import config as data_config
 from experiments.data_efficiency import run as data_run
 from experiments.model_efficiency import config as model_config
@@ -151,7 +154,8 @@ def test_every_preset_of_every_experiment_is_a_valid_training_config():
     model = model_config.get_config(preset)
     model.variants = model_config.variants(model)
     recipe = recipe_config.get_config(preset)
-    for config in (ablation, data, model, recipe):
+    dtypes = bank_dtype_config.get_config(preset)
+    for config in (ablation, data, model, recipe, dtypes):
       variants = sweep.parse_variants(config.variants, config.base)
       for v in variants:
         run_config.validate_config(sweep.variant_config(config.base, v, 0), num_devices=1)
@@ -525,3 +529,15 @@ def test_recipe_report_pairs_runs_of_the_same_seed(tmp_path):
   config = recipe_config.get_config("cpu")
   config.results_dir = str(tmp_path / "cpu")
   assert "Paired" not in recipe_run.report(config, results, "cmd")
+
+
+def test_the_bank_dtype_report_pairs_runs_by_seed():
+  run = lambda seed, knn, bank: {"seed": seed, "knn_top1": knn, "knn_top1_bank": bank,
+                                 "linear_top1": 0.4}
+  results = {"float32": [run(0, 0.30, 0.28), run(1, 0.32, 0.30), run(2, 0.31, 0.29)],
+             "bfloat16": [run(1, 0.33, 0.27), run(0, 0.29, 0.28)]}   # seed 2 unfinished
+  diffs = bank_dtype_run.paired_differences(results)
+  np.testing.assert_allclose(diffs["knn_top1"].values, [-0.01, 0.01])
+  np.testing.assert_allclose(diffs["knn_top1_bank"].values, [0.0, -0.03])
+  assert diffs["linear_top1"].values == (0.0, 0.0)
+  assert bank_dtype_run.paired_differences({"float32": results["float32"]}) == {}
