@@ -140,7 +140,10 @@ def _check_structure(variables: dict, config, source: str) -> None:
                        f"({difference}); was it written by another version of ssl_jax?")
 
 
-def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
+def checkpoint_path(workdir: str, step: Optional[int]) -> tuple[ml_collections.ConfigDict, int,
+                                                                str]:
+  """(the run's config, the step, the absolute path orbax reads) of a workdir's checkpoint
+  at `step` (default: the latest committed one); EncoderError naming what is missing."""
   import orbax.checkpoint as ocp
   config = run_files.load_run_config(workdir)  # FileNotFoundError naming config.json
   folder = storage.join(workdir, "checkpoints")
@@ -154,21 +157,32 @@ def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
     step = steps[-1]
   elif step not in steps:
     raise EncoderError(f"{workdir} has no checkpoint at step {step} (it has {steps}).")
-  path = storage.absolute(storage.join(folder, str(step), "default"))  # orbax wants absolute
+  return config, step, storage.absolute(storage.join(folder, str(step), "default"))
+
+
+def restore_parts(path: str, keys: tuple[str, ...]) -> dict:
+  """{key: the TrainState field `key` as host arrays} of the checkpoint at `path`; the
+  rest (optimizer state, bank, ...) is not read. CheckpointError if it cannot be."""
+  import orbax.checkpoint as ocp
   try:
     from etils import epath
     saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
     target = {k: jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), saved[k],
                                         is_leaf=lambda x: hasattr(x, "shape"))
-              for k in ("params", "batch_stats")}
-    # Partial restore into host arrays: no bank, no optimizer state, no devices.
-    variables = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+              for k in keys}
+    # Partial restore into host arrays: no devices.
+    return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
         item=target, partial_restore=True,
         restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                             target)))
   except Exception as e:  # orbax and tensorstore raise many types for damaged files
     raise CheckpointError(f"checkpoint {path} cannot be read: "
                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+
+
+def _from_workdir(workdir: str, step: Optional[int]) -> Encoder:
+  config, step, path = checkpoint_path(workdir, step)
+  variables = restore_parts(path, ("params", "batch_stats"))
   _check_structure(variables, config, f"checkpoint {path}")
   return Encoder(config, variables, _apply_fn(config), step)
 

@@ -3,10 +3,16 @@
     python -m ssl_jax.neighbors --embeddings photos.npz --out grid.png
     python -m ssl_jax.neighbors --embeddings photos.npz --out grid.png --query cats/001.jpg --k 10
     python -m ssl_jax.neighbors --embeddings photos.npz --out grid.png --duplicates 0.98
+    python -m ssl_jax.neighbors --embeddings bank.npz --out grid.png --duplicates 0.95
+
+`--embeddings` is the output of `python -m ssl_jax.embed` or of
+`python -m ssl_jax.export --bank` (a run's memory bank: the training set's
+rows as training left them, so no pass over the images).
 
 The picture has one row per query (random ones with a fixed `--seed`, or
 `--query` paths): the query, then its k nearest neighbours by cosine
-similarity of the backbone features `h` (`--features z`: of the projection),
+similarity of the backbone features `h` (`--features z`: of the projection;
+a bank file has only `z`, which is then used),
 each captioned with the similarity. With labels in the file,
 neighbours are framed green where their label matches the query's and red
 where it does not, and the leave-one-out kNN top-1 of the whole file is
@@ -120,7 +126,8 @@ def thumbnails(data, rows: Sequence[int], cell: int) -> dict[int, np.ndarray]:
 def main() -> None:
   from absl import flags
   from ssl_jax import cli
-  flags.DEFINE_string("embeddings", None, "An .npz written by python -m ssl_jax.embed.")
+  flags.DEFINE_string("embeddings", None, "An .npz written by python -m ssl_jax.embed or by "
+                      "python -m ssl_jax.export --bank.")
   flags.DEFINE_string("out", None, "The picture to write (.png).")
   flags.DEFINE_integer("queries", 8, "Random queries (when no --query is given).")
   flags.DEFINE_multi_string("query", [], "A query's path as in the .npz (repeatable).")
@@ -143,9 +150,12 @@ def main() -> None:
                        f"python -m ssl_jax.embed wrote.")
     try:
       data = dict(np.load(f.embeddings, allow_pickle=False))
-      z, paths = data[f.features], [str(p) for p in data["paths"]]
+      # A bank export holds the projection only: its default is z.
+      features = "z" if "h" not in data and not flags.FLAGS["features"].present else f.features
+      z, paths = data[features], [str(p) for p in data["paths"]]
     except (ValueError, KeyError, OSError) as e:
-      raise ValueError(f"--embeddings {f.embeddings} is not an ssl_jax.embed file ({e}).")
+      raise ValueError(f"--embeddings {f.embeddings} is not an ssl_jax.embed or "
+                       f"ssl_jax.export --bank file ({e}).")
     if len(z) < 2:
       raise ValueError(f"--embeddings {f.embeddings} holds {len(z)} image(s); neighbours "
                        "need at least 2.")

@@ -153,6 +153,22 @@ def _is_tar(p) -> bool:
     return tarfile.is_tarfile(f)
 
 
+def split_files(path: str, split: str) -> list[tuple[str, str]]:
+  """[(class name, file name)] of a folder tree's or tar archive's split, in the order
+  `decode_folder` numbers them; names are relative to `path` (a folder) or tar member
+  names (an archive), as `ssl_jax.embed.open_images(f"folder:{path}")` reads them."""
+  root = storage.path(path)
+  if root.is_dir():
+    prefix = str(root).rstrip("/") + "/"
+    return [(c, e[len(prefix):] if e.startswith(prefix) else e)
+            for c, e in _list_folder(root, split)]
+  if root.is_file() and _is_tar(root):
+    with (tarfile.open(fileobj=root.open("rb"), mode="r:*") if storage.is_remote(path)
+          else tarfile.open(path, "r:*")) as tar:
+      return [(c, m.name) for c, m in _list_tar(tar, path, split)]
+  raise DataError(f"data path {path} is neither a folder nor a tar archive.")
+
+
 def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
                    log=print, keep=None) -> tuple[Decoded, int]:
   """Decodes a folder tree or .tar.gz split; returns (decoded, number of skipped files).
