@@ -151,6 +151,10 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # How kNN and the linear probe store the training features on the devices
   # (split by rows over all of them): "float32", or "bfloat16" to halve them.
   config.eval.feature_dtype = "float32"
+  # Bank methods: at each evaluation, the cosine of this many seeded training
+  # images' bank rows with their fresh embeddings, and the bank's effective
+  # rank (ssl_jax/evaluate/freshness.py); 0 turns it off.
+  config.eval.freshness_probe = 1024
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.linear_epochs = 100

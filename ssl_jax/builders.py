@@ -24,6 +24,7 @@ from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import sharded_bank
 from ssl_jax import steps
+from ssl_jax.evaluate import freshness
 from ssl_jax.run_config import ConfigError, num_shards
 from ssl_jax.state import TrainState, create_train_state
 
@@ -315,6 +316,41 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   return {**evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels,
                                        config.eval, num_classes, linear=linear,
                                        process_counts=counts), **out}
+
+
+def bank_freshness(config, p_eval, state_variables, train: data_lib.Split,
+                   bank: Optional[np.ndarray], step: int, steps_per_epoch: int) -> dict:
+  """How fresh the bank is at `step`, against the network of `state_variables`.
+
+  Embeds the seeded probe set of `config.eval.freshness_probe` training
+  images (evaluation preprocessing) and compares each with its bank row
+  (`evaluate.freshness`): {'bank_cos_mean', 'bank_cos_p5',
+  'bank_effective_rank'} and, for the momentum rule,
+  {'bank_steps_since_write_mean', 'bank_steps_since_write_max'}. {} without
+  a bank (bank: the host copy [N, d], `bank_of`) or with a probe of size 0.
+  """
+  size = int(config.eval.get("freshness_probe", 0))
+  if bank is None or size <= 0:
+    return {}
+  probe = freshness.probe_split(train, size)
+  nd = jax.local_device_count()
+  z, = evaluate.extract_features(p_eval, state_variables, probe, batch_size=config.eval.batch_size,
+                                 num_devices=nd, desc="embedding the bank's probe set",
+                                 keep=("z",))
+  cos = evaluate.gather_rows(freshness.cosines(bank[probe.source_index], z), probe)
+  out = {"bank_cos_mean": float(np.mean(cos)),
+         "bank_cos_p5": float(np.percentile(cos, freshness.PERCENTILE)),
+         "bank_effective_rank": freshness.effective_rank(bank)}
+  if config.bank.update_rule == "momentum":
+    epoch = max(step - 1, 0) // steps_per_epoch
+    tables = {e: data_lib.epoch_indices(train.layout, global_batch=int(config.batch_size),
+                                        num_local_devices=nd, seed=config.seed, epoch=e)
+              for e in (epoch - 1, epoch) if e >= 0}
+    since = evaluate.gather_rows(
+        freshness.steps_since_write(probe.source_index, tables, step, steps_per_epoch), probe)
+    out.update(bank_steps_since_write_mean=float(np.mean(since)),
+               bank_steps_since_write_max=float(np.max(since)))
+  return out
 
 
 def bank_of(config, state: TrainState, num_examples: int) -> Optional[np.ndarray]:

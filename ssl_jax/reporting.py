@@ -171,3 +171,16 @@ class Progress:
       if tenth != self._last_line or count >= self.total:
         self._last_line = tenth
         print(line, file=self.stream, flush=True)
+
+
+def freshness_line(record: Mapping[str, float]) -> Optional[str]:
+  """The bank-freshness figures of an evaluation record in words, or None without them."""
+  if "bank_cos_mean" not in record:
+    return None
+  line = (f"bank vs fresh embeddings of its probe images: cosine mean "
+          f"{record['bank_cos_mean']:.3f}, 5th percentile {record['bank_cos_p5']:.3f}; "
+          f"effective rank {record['bank_effective_rank']:.1f}")
+  if "bank_steps_since_write_mean" in record:
+    line += (f"; rows last written {record['bank_steps_since_write_mean']:.0f} steps ago on "
+             f"average (at most {record['bank_steps_since_write_max']:.0f})")
+  return line

@@ -43,6 +43,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
   if not 0.0 <= config.bank.momentum <= 1.0:
     raise ConfigError(f"config.bank.momentum must be in [0, 1], got {config.bank.momentum}.")
+  if int(config.eval.get("freshness_probe", 0)) < 0:
+    raise ConfigError(f"config.eval.freshness_probe must be >= 0 (0: off), got "
+                      f"{config.eval.freshness_probe}.")
   if config.bank.lr < 0:
     raise ConfigError(f"config.bank.lr must be >= 0, got {config.bank.lr}.")
   if config.loss.kl_weight < 0:

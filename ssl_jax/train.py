@@ -24,6 +24,7 @@ from ssl_jax import devices
 from ssl_jax import downloads
 from ssl_jax import evaluate
 from ssl_jax import inputs as inputs_lib
+from ssl_jax import methods
 from ssl_jax import preemption
 from ssl_jax import reporting
 from ssl_jax import run_files
@@ -252,15 +253,21 @@ def _end_epoch(loop: Loop, p_eval, test, num_classes: int, inputs: inputs_lib.Ep
   if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
       and epoch_done < config.num_epochs):
     from_bank = config.eval.get("knn_source", "embed") == "bank"
+    bank = (builders.bank_of(config, loop.state, loop.train.num_examples)
+            if from_bank or config.eval.get("freshness_probe", 0) else None)
     knn = builders.run_evaluation(
         config, p_eval, steps.variables(loop.state), loop.train, test, num_classes,
-        linear=False, test_only=from_bank,
-        bank=builders.bank_of(config, loop.state, loop.train.num_examples) if from_bank else None)
+        linear=False, test_only=from_bank, bank=bank if from_bank else None)
+    knn.update(builders.bank_freshness(config, p_eval, steps.variables(loop.state), loop.train,
+                                       bank, loop.step, loop.steps_per_epoch))
+    del bank
     record.update(knn)
     if loop.is_main:
       print(f"epoch {epoch_done}: kNN top-1 "
             + (f"{reporting.percent(knn['knn_top1_bank'])} (bank)" if from_bank
                else reporting.percent(knn["knn_top1"])))
+      if line := reporting.freshness_line(knn):
+        print(f"epoch {epoch_done}: {line}")
   loop.writer.write(loop.step, record, epoch=epoch_done, includes_compile=includes_compile)
   loop.history.append({"step": loop.step, "epoch": epoch_done,
                        "includes_compile": includes_compile, **record})
@@ -278,9 +285,15 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   replicas_identical = builders.check_replicas(loop.state,
                                                include_bank=not builders.is_sharded(config))
   log("final evaluation (kNN and linear probe)...")
+  bank = builders.bank_of(config, loop.state, loop.train.num_examples)
   final = builders.run_evaluation(
       config, p_eval, steps.variables(loop.state), loop.train, test, num_classes, linear=True,
-      bank=builders.bank_of(config, loop.state, loop.train.num_examples))
+      bank=bank)
+  final.update(builders.bank_freshness(config, p_eval, steps.variables(loop.state), loop.train,
+                                       bank, loop.step, spe))
+  del bank
+  if line := reporting.freshness_line(final):
+    log(line)
   # Seconds per step without compilation: the first epoch of each process pays
   # for it, so it is left out where a full later epoch exists. (Records from
   # before includes_compile existed: the first one compiled.)
@@ -333,15 +346,20 @@ def _evaluate_untrained(config, p_eval, state, train, test, num_classes: int, lo
   from_bank = config.eval.get("knn_source", "embed") == "bank"
   log("evaluating the untrained network (kNN" + (" against the bank)..." if from_bank
                                                  else ")..."))
-  bank = np.asarray(jax.device_get(state.bank)) if from_bank else None
-  result = builders.run_evaluation(config, p_eval, devices.replicate(steps.variables(state)),
-                                   train, test, num_classes, linear=False, bank=bank,
+  bank = np.asarray(jax.device_get(state.bank)) if methods.get(config.method).uses_bank else None
+  variables = devices.replicate(steps.variables(state))
+  result = builders.run_evaluation(config, p_eval, variables, train, test, num_classes,
+                                   linear=False, bank=bank if from_bank else None,
                                    test_only=from_bank)
+  # The bank as initialised against the same network's evaluation embeddings.
+  result.update(builders.bank_freshness(config, p_eval, variables, train, bank, 0, 1))
   if from_bank:
     log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1_bank'])} (bank)")
   else:
     log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1'])} "
         f"(embedding {reporting.percent(result['knn_top1_embedding'])})")
+  if line := reporting.freshness_line(result):
+    log(f"untrained network: {line}")
   log(f"passes over the training data before step 1: {train.passes}")
   return result
 
