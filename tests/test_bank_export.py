@@ -78,6 +78,11 @@ def test_bank_export_errors_are_one_line(bf16_run, tmp_path):
   line = _one_error_line(_cli("ssl_jax.export", "--workdir", moved, "--bank", tmp_path / "b.npz"))
   assert "now gives 1000 training instances (fraction 0.02), but the run trained on 500" in line
   assert not (tmp_path / "b.npz").exists()
+  # A method without a bank.
+  config["data"]["fraction"], config["method"] = 0.01, "simclr"
+  (moved / "config.json").write_text(json.dumps(config))
+  line = _one_error_line(_cli("ssl_jax.export", "--workdir", moved, "--bank", tmp_path / "b.npz"))
+  assert "trained simclr, which keeps no memory bank" in line
 
 
 @needs_cifar10

@@ -20,7 +20,7 @@ fi
 python -m ssl_jax.export --workdir "$workdir" --bank "$workdir/bank.npz" | tee "$here/bank_neighbours.txt"
 python -m ssl_jax.neighbors --embeddings "$workdir/bank.npz" --out "$here/bank_neighbours.png" \
   --queries 5 --k 8 --cell 48 --duplicates "$threshold" | tee -a "$here/bank_neighbours.txt"
-# The first image of each of the 3 most similar pairs, with its nearest rows.
-queries=$(grep -E '^  [01]\.[0-9]+  ' "$here/bank_neighbours.txt" | head -3 | awk '{print "--query=" $2}')
+# The first image of the most similar pairs (4 different ones), with its nearest rows.
+queries=$(grep -E '^  [01]\.[0-9]+  ' "$here/bank_neighbours.txt" | awk '!seen[$2]++ {print "--query=" $2}' | head -4)
 python -m ssl_jax.neighbors --embeddings "$workdir/bank.npz" --out "$here/bank_duplicates.png" \
   $queries --k 6 --cell 48 > /dev/null
