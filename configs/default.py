@@ -166,4 +166,11 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 1
   config.checkpoint_every_steps = 0   # also every this many steps (0: only at epoch ends)
   config.keep_checkpoints = 3
+  # JAX's persistent compilation cache: "workdir" (<workdir>/compilation_cache),
+  # a folder (local or gs://) shared by runs, or "" (off). A restart reads the
+  # compiled programs back (ssl_jax/compile_cache.py).
+  config.compilation_cache_dir = "workdir"
+  # (START, COUNT): a jax.profiler trace of the COUNT steps after step START in
+  # <workdir>/profile/ (ssl_jax/profiling.py); () for none.
+  config.profile_steps = ()
   return set_method(config, method)

@@ -83,6 +83,6 @@ timeout "$compare_limit" python3 -m experiments.compare.flops \
   --config.base.data.cache_dir="$OUT/cache" > "$OUT/compare.log" 2>&1 || status=$?
 grep -v "^epoch \|^  " "$OUT/compare.log" | tail -40
 [ -f "$OUT/compare/results.md" ] && cp "$OUT/compare/results.md" "$OUT/compare.md"
-# Checkpoints stay behind: only results come back.
-rm -rf "$OUT/runs"/*/seed*/checkpoints "$OUT/cache"
+# Checkpoints and compiled programs stay behind: only results come back.
+rm -rf "$OUT/runs"/*/seed*/checkpoints "$OUT/runs"/*/seed*/compilation_cache "$OUT/cache"
 exit "$status"

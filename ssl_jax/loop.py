@@ -62,6 +62,10 @@ class Loop:
   # Several processes: the psum'd SIGTERM flags returned by the last two
   # steps dispatched (the older one is read, so a step stays in flight).
   stop_flags: tuple = (None, None)
+  # Where the current logging window's clock started: (seconds, step).
+  log_clock: tuple = (0.0, 0)
+  # Seconds from this process's start to its first step done (None: no step ran).
+  first_step_seconds: Optional[float] = None
 
   def begin_epoch(self) -> None:
     self.epoch, self.start = divmod(self.step, self.steps_per_epoch)
@@ -71,6 +75,7 @@ class Loop:
         self.steps_per_epoch - self.start, f"epoch {self.epoch + 1}/{self.config.num_epochs}",
         int(self.config.batch_size), enabled=self.is_main)
     self.t_epoch = time.perf_counter()
+    self.log_clock = (self.t_epoch, self.step)
 
   def add_step(self, state: TrainState, sums: dict, stop_flag=None) -> None:
     self.state = state
@@ -117,6 +122,13 @@ class Loop:
     m = self.fetch_metrics()
     if m is not None:
       m["lr"] = float(self.schedule(self.step - 1))
+      # Wall-clock seconds per step since the last record or this epoch's start
+      # here (the fetch waited for the window's last step; a process's first
+      # window includes compiling the step).
+      now, (t0, step0) = time.perf_counter(), self.log_clock
+      if self.step > step0:
+        m["step_seconds"] = (now - t0) / (self.step - step0)
+      self.log_clock = (now, self.step)
       self.writer.write(self.step, m, epoch=(self.step - 1) // self.steps_per_epoch + 1)
       self.progress.update(self.step - self.epoch * self.steps_per_epoch - self.start,
                            {"loss": m["loss"]})

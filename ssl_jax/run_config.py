@@ -16,6 +16,7 @@ from ssl_jax import data as data_lib
 from ssl_jax import methods
 from ssl_jax import models
 from ssl_jax import optim
+from ssl_jax import profiling
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError(f"config.loss.temperature must be > 0, got {config.loss.temperature}.")
   if not 0.0 <= config.bank.momentum <= 1.0:
     raise ConfigError(f"config.bank.momentum must be in [0, 1], got {config.bank.momentum}.")
+  try:
+    profiling.profile_window(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if int(config.eval.get("freshness_probe", 0)) < 0:
     raise ConfigError(f"config.eval.freshness_probe must be >= 0 (0: off), got "
                       f"{config.eval.freshness_probe}.")

@@ -91,10 +91,15 @@ def cotangent_step(state: TrainState, images: jax.Array, idx: jax.Array, objecti
                                   images, train=True, mutable=["batch_stats"])
     return z, updates["batch_stats"]
 
-  z, vjp_fn, batch_stats = jax.vjp(forward, state.params, has_aux=True)
-  means, dz, new_bank = objective(z, state.bank)
-  (grads,) = vjp_fn(dz.astype(z.dtype))
-  grads, params, opt_state = apply_gradients(state, grads, tx, axis_name)
+  # Named scopes label the step's parts in a profile (config.profile_steps).
+  with jax.named_scope("encoder"):
+    z, vjp_fn, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+  with jax.named_scope("objective"):
+    means, dz, new_bank = objective(z, state.bank)
+  with jax.named_scope("encoder_backward"):
+    (grads,) = vjp_fn(dz.astype(z.dtype))
+  with jax.named_scope("optimizer"):
+    grads, params, opt_state = apply_gradients(state, grads, tx, axis_name)
   sums = metric_sums(state, means, idx.shape[0], grads, new_bank, axis_name)
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                        opt_state=opt_state, bank=new_bank), sums
@@ -115,8 +120,9 @@ def two_views(state: TrainState, batch: dict, aug_cfg: augment.AugmentConfig) ->
     # Streamed data brings one host crop per view: uint8 [b, 2, S, S, 3].
     images = batch["image"]
     image = (lambda v: images[:, v]) if images.ndim == 5 else (lambda v: images)
-    views = [augment.augment_batch(jax.random.fold_in(key, v), image(v), idx, aug_cfg)
-             for v in (0, 1)]
+    with jax.named_scope("augment"):
+      views = [augment.augment_batch(jax.random.fold_in(key, v), image(v), idx, aug_cfg)
+               for v in (0, 1)]
   return jnp.concatenate(views)
 
 

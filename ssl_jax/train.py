@@ -18,6 +18,7 @@ import numpy as np
 
 from ssl_jax import builders
 from ssl_jax import checkpoint
+from ssl_jax import compile_cache
 from ssl_jax import compute
 from ssl_jax import data as data_lib
 from ssl_jax import devices
@@ -26,6 +27,7 @@ from ssl_jax import evaluate
 from ssl_jax import inputs as inputs_lib
 from ssl_jax import methods
 from ssl_jax import preemption
+from ssl_jax import profiling
 from ssl_jax import reporting
 from ssl_jax import run_files
 from ssl_jax import steps
@@ -151,6 +153,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
       + (f"; {jax.process_count()} processes, {reporting.count(shards, 'data shard')}"
          if jax.process_count() > 1 or shards > 1 else ""))
 
+  # Before the first program compiles (the state's initialisation).
+  compile_cache.enable(config, workdir, log)
   model = builders.build_model(config)
   schedule, tx = builders.build_optimizer(config, steps_per_epoch)
   aug_cfg = builders.augment_config(config)
@@ -195,6 +199,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
               state=state, step=step, history=history, carried=carried, acc=window)
   first_epoch = step // steps_per_epoch  # this process's: it pays for compilation
   inputs_lib.check_indices(train, config, nd, first_epoch)
+  profiler = profiling.Profiler(config, workdir, log)
+  first_step_seconds = None
   try:
     with preemption.StopRequest() as stop:
       while loop.step < total_steps:
@@ -204,11 +210,18 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
                                          host_augment=host_augment, nd=nd)
         loop.start_clock()
         for args in inputs:
+          profiler.before_step(loop.step)
           if agree:
             flag = np.full((nd,), float(stop.requested), np.float32)
             loop.add_step(*p_train_step(loop.state, flag, *args))
           else:
             loop.add_step(*p_train_step(loop.state, *args))
+          profiler.after_step(loop.step, loop.state)
+          if first_step_seconds is None:   # once per process: what a restart waits for
+            jax.block_until_ready(loop.state.step)
+            first_step_seconds = time.time() - t_start
+            log(f"first step done {first_step_seconds:.1f} s after start (reading data, "
+                f"initialising and compiling included)")
           # At an epoch's last step the epoch-end work (record, kNN, then a
           # save if either cadence asks) runs first, so a resumed run's log
           # matches an uninterrupted one.
@@ -225,9 +238,11 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
         if loop.stop_agreed(stop, latest=True):
           loop.preempt(stop)
   finally:
+    profiler.stop()   # a window the run did not reach the end of is still written
     # Lets a pending asynchronous save finish, whatever stopped the loop.
     checkpoint.finish_saves(manager)
     loop.writer.close()
+  loop.first_step_seconds = first_step_seconds
   return _finish(loop, p_eval, test, num_classes, init_eval, skipped, t_start, log)
 
 
@@ -327,6 +342,8 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       # carry an interrupted epoch's seconds), compilation included.
       "train_seconds": sum(r["epoch_seconds"] for r in history),
       "wall_seconds": time.time() - t_start,
+      # This process's start to its first step done (a restart's wait).
+      "first_step_seconds": loop.first_step_seconds,
       **loop.flops_plan,
       "history": history,
   }

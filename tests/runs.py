@@ -70,7 +70,8 @@ def final_state(workdir, step=TOTAL_STEPS):
 def training_records(workdir):
   # Wall-clock facts, and which epochs paid for a compilation (one per process).
   timing = {"epoch_seconds", "epoch_steps", "images_per_second", "includes_compile",
-            "input_wait_seconds", "input_wait_fraction", "input_images_per_second"}
+            "input_wait_seconds", "input_wait_fraction", "input_images_per_second",
+            "step_seconds"}
   lines = storage.read_text(storage.join(str(workdir), "metrics.jsonl")).splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
 

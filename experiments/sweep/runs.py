@@ -23,7 +23,7 @@ from experiments.sweep.overrides import SweepError, parse_variants, variant_conf
 # Fields that say where things are or how often to log, not what is trained.
 IGNORED_FIELDS = ("data.source_reason", "data.source_chosen", "data.cache_dir", "data.tfds_data_dir",
                   "log_every_steps", "checkpoint_every_epochs", "checkpoint_every_steps",
-                  "keep_checkpoints")
+                  "keep_checkpoints", "compilation_cache_dir", "profile_steps")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -110,6 +110,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
       log(f"[{done}/{total}] {v.name} seed {seed}: "
           f"{'finished' if finished else 'training'} ({run_dir})")
       run_config = variant_config(config.base, v, seed)
+      if run_config.get("compilation_cache_dir", "") == "workdir":
+        # One cache for the sweep: its runs compile the same programs.
+        with run_config.unlocked():
+          run_config.compilation_cache_dir = os.path.join(workdir, "compilation_cache")
       summary = dict(run_one(run_config, run_dir, train_fn))
       summary.setdefault("num_params", count_params(run_config))
       summary["seed"] = seed

@@ -56,7 +56,8 @@ def bank_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransf
   idx = batch["index"]
   images = batch["image"]
   if images.dtype == jnp.uint8:
-    images = augment.augment_batch(steps.step_key(state.rng, state.step), images, idx, aug_cfg)
+    with jax.named_scope("augment"):
+      images = augment.augment_batch(steps.step_key(state.rng, state.step), images, idx, aug_cfg)
 
   if method_cfg.chunk_rows:
     objective = lambda z, bank: chunked_bank.loss_and_transition(
