@@ -38,6 +38,25 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_compilation_cache", False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops every compiled program after each test module.
+
+  Each CPU executable XLA loads keeps memory mappings of its own, and this
+  one process compiles hundreds: the default run passed 65,530 mappings
+  (Linux's vm.max_map_count) in tests/test_train_step.py, where the next
+  compile segfaulted (2026-12-03; 10,000 mappings after 2 minutes of tests
+  without this). Later modules compile what they need again.
+  """
+  yield
+  import gc
+  from ssl_jax.evaluate import knn, linear
+  knn.knn_program.cache_clear()
+  linear.probe_program.cache_clear()
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
   """An uninterrupted local `tests.runs` run: what interrupted runs must equal."""
