@@ -31,10 +31,9 @@ import jax  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
 
 # The cache above serves the CLI processes the tests start. This long-lived
-# process compiles each program once anyway, and writing its hundreds of
-# executables into the cache crashed it, twice in a row on 2026-12-03 (a
-# segfault inside jax's compilation_cache.put_executable_and_time, in
-# tests/test_train_step.py, in the full run only; that file alone passed).
+# process compiles each program once anyway; it does not write the cache, which
+# only added work when it ran out of memory mappings (see the fixture below: its
+# first segfault was inside jax's compilation_cache.put_executable_and_time).
 jax.config.update("jax_enable_compilation_cache", False)
 
 
