@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import bank as bank_lib
+from ssl_jax import bank_objective
 from ssl_jax import losses
 from ssl_jax import sharded_bank
-from ssl_jax import bank_objective
 from ssl_jax.bank_objective import BankMethodConfig, check_closed_form
 
 # Below every logit (|s| <= 1 / tau), finite so that exp(m - m') of two empty

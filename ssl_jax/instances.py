@@ -12,8 +12,6 @@ rest as training did.
 
 from __future__ import annotations
 
-import tarfile
-
 import numpy as np
 
 from ssl_jax import data as data_lib
@@ -26,8 +24,7 @@ from ssl_jax.sources import DataError
 def _undecodable(path: str, names: list[str], log) -> set[str]:
   """The names (of `sources.split_files`) under `path` that do not decode."""
   root = storage.path(path)
-  tar = (None if root.is_dir() else tarfile.open(fileobj=root.open("rb"), mode="r:*")
-         if storage.is_remote(path) else tarfile.open(path, "r:*"))
+  tar = None if root.is_dir() else sources.open_tar(path)
   bar = reporting.Progress(len(names), "checking which files training skipped", 1, delay=2.0)
   bad = set()
   try:

@@ -153,6 +153,13 @@ def _is_tar(p) -> bool:
     return tarfile.is_tarfile(f)
 
 
+def open_tar(path: str) -> tarfile.TarFile:
+  """A local or gs:// tar archive (any compression), opened for reading."""
+  if storage.is_remote(path):
+    return tarfile.open(fileobj=storage.path(path).open("rb"), mode="r:*")
+  return tarfile.open(path, "r:*")
+
+
 def split_files(path: str, split: str) -> list[tuple[str, str]]:
   """[(class name, file name)] of a folder tree's or tar archive's split, in the order
   `decode_folder` numbers them; names are relative to `path` (a folder) or tar member
@@ -163,8 +170,7 @@ def split_files(path: str, split: str) -> list[tuple[str, str]]:
     return [(c, e[len(prefix):] if e.startswith(prefix) else e)
             for c, e in _list_folder(root, split)]
   if root.is_file() and _is_tar(root):
-    with (tarfile.open(fileobj=root.open("rb"), mode="r:*") if storage.is_remote(path)
-          else tarfile.open(path, "r:*")) as tar:
+    with open_tar(path) as tar:
       return [(c, m.name) for c, m in _list_tar(tar, path, split)]
   raise DataError(f"data path {path} is neither a folder nor a tar archive.")
 
@@ -184,8 +190,7 @@ def decode_folder(path: str, split: str, size: int, skip_corrupt: bool,
     name = lambda e: e
     tar = None
   elif root.is_file() and _is_tar(root):
-    tar = (tarfile.open(fileobj=root.open("rb"), mode="r:*") if storage.is_remote(path)
-           else tarfile.open(path, "r:*"))
+    tar = open_tar(path)
     entries = _list_tar(tar, path, split)
     read = lambda m: tar.extractfile(m).read()
     name = lambda m: f"{path}:{m.name}"
