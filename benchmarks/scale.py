@@ -78,7 +78,7 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
     _, tx = builders.build_optimizer(c, spe)
     state = compute.abstract_state(c, model, tx, num_train, d, d)
     step_fn = builders.make_train_step(c, model, tx, spe * c.num_epochs, num_train)
-    out[f"train_step_{method}"] = (train.pmap_step(step_fn, spe, False, False),
+    out[f"train_step_{method}"] = (train.mapped_step(step_fn, spe, False),
                                    (state, compute.abstract_stream_batch(c, d, d)))
 
   model = builders.build_model(config)

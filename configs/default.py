@@ -99,6 +99,11 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # Bank rows split across devices (memory N d / devices each); checkpoints
   # hold the whole bank either way. See ssl_jax/sharded_bank.py.
   config.bank.sharded = False
+  # With more than one device, a bank of more rows than this is sharded even when
+  # bank.sharded is False (the run says so): above it the replicated bank's
+  # per-step all-reduce (N x d x 4 bytes) outgrows ResNet-50's gradient
+  # all-reduce (102 MB). 0: never automatically.
+  config.bank.shard_above = 200_000
   # Loss, its gradient and the bank update from one softmax pass instead of
   # autodiff through the loss: same values up to float rounding, fewer [B, N]
   # temporaries (benchmarks/run.py, bank part). Off by default so the
@@ -166,6 +171,15 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 1
   config.checkpoint_every_steps = 0   # also every this many steps (0: only at epoch ends)
   config.keep_checkpoints = 3
+  # How the step is mapped onto the devices (ssl_jax/mapping.py): "mesh", jax.jit over
+  # shard_map on one mesh of every device of every process, or "pmap".
+  # benchmarks/loop_overhead.py measured both.
+  config.parallel = "mesh"
+  # With several processes they agree on a SIGTERM every this many steps (and at
+  # each epoch's end), reading one flag on the host: between checks nothing
+  # waits for the devices, so steps stay in flight. A stop lands within this
+  # many steps of the signal.
+  config.preemption_check_steps = 10
   # JAX's persistent compilation cache: "workdir" (<workdir>/compilation_cache),
   # a folder (local or gs://) shared by runs, or "" (off). A restart reads the
   # compiled programs back (ssl_jax/compile_cache.py).

@@ -126,6 +126,12 @@ def initial_state(config, model, tx, num_examples: int) -> TrainState:
   return state.replace(extra=method.init_extra(state))
 
 
+def abstract_state(config, model, tx, num_examples: int) -> TrainState:
+  """`initial_state`'s shapes and dtypes (jax.ShapeDtypeStruct leaves), computing
+  nothing: the structure a checkpoint is restored into."""
+  return jax.eval_shape(lambda: initial_state(config, model, tx, num_examples))
+
+
 def bank_dtype(config) -> jnp.dtype:
   """The bank's storage dtype (`config.bank.dtype`); float32 for a method's placeholder."""
   if not methods.get(config.method).uses_bank:

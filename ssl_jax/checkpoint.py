@@ -200,9 +200,13 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  # NumPy targets: every process restores the whole (small) state on the host.
-  abstract = jax.tree_util.tree_map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype),
-                                    jax.device_get(template))
+  # NumPy targets: every process restores the whole state on the host. np.zeros
+  # maps untouched zero pages, so even an N x d bank target costs no memory
+  # until orbax's result replaces it; `template` may be shapes only
+  # (`builders.abstract_state`).
+  abstract = jax.tree_util.tree_map(
+      lambda x: np.zeros(np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype),
+      template)
   expected = leaf_specs(abstract)
   errors = []
   for step in steps:

@@ -8,12 +8,13 @@ second compilation on the first step).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
-from flax import jax_utils
 
 AXIS = "batch"  # the name of the data-parallel axis in every pmap of the project
 
@@ -67,7 +68,8 @@ def memory_limit_bytes() -> Optional[int]:
   return memory_stat("bytes_limit")
 
 
-def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+def step_sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+  """Row i of a [len(devices), ...] array on devices[i] (the pmapped step's layout)."""
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
@@ -81,7 +83,7 @@ def place(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   every step moves no data; a host array given to pmap would be sent again
   at every call.
   """
-  sharding = _sharding(list(devices or jax.local_devices()))
+  sharding = step_sharding(list(devices or jax.local_devices()))
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_callback(np.shape(x), sharding,
                                              lambda index: np.asarray(x[index])), tree)
@@ -156,12 +158,35 @@ def gather_processes(x: np.ndarray, counts: Sequence[int]) -> np.ndarray:
   return np.concatenate([everyone[p, :c] for p, c in enumerate(counts)])
 
 
-def prefetch(batches: Iterable[Any], size: int = 2,
-             devices: Optional[Sequence[jax.Device]] = None) -> Iterator[Any]:
-  """Sends batches [D, b, ...] to the devices `size` steps ahead of the step.
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process; the same answer in every process.
 
-  With several processes pmap takes each process's host batch directly.
+  Every process must call it at the same point of its program (a collective).
   """
-  if jax.process_count() > 1:
-    return iter(batches)
-  return jax_utils.prefetch_to_device(iter(batches), size, devices=devices, axis_name=AXIS)
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())
+
+
+def prefetch(batches: Iterable[Any], size: int = 2,
+             put: Optional[Callable[[Any], Any]] = None) -> Iterator[Any]:
+  """Sends batches [D_local, b, ...] to this process's devices `size` steps ahead of the step.
+
+  Each batch is copied once, slice i straight to local device i with the
+  step's sharding (`put`: `place`, or `mapping.to_global` for the mesh
+  step); flax's `prefetch_to_device` first restacked it on the host. The
+  same with several processes, whose steps then find their batch on the
+  devices too instead of sending it at the call.
+  """
+  put = put or place
+  queue: collections.deque = collections.deque()
+  batches = iter(batches)
+
+  def enqueue(n: int) -> None:
+    for batch in itertools.islice(batches, n):
+      queue.append(put(batch))
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

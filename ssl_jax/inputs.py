@@ -21,6 +21,7 @@ import numpy as np
 
 from ssl_jax import data as data_lib
 from ssl_jax import devices
+from ssl_jax import mapping
 from ssl_jax import methods
 
 
@@ -86,12 +87,14 @@ def check_indices(train: data_lib.Split, config, nd: int, epoch: int) -> None:
 def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step: int,
                  resident, host_augment, nd: int) -> EpochInput:
   """The step inputs of epoch `epoch` from its step `start` on (global step `step`)."""
+  # Straight to the mapped step's layout: global arrays for config.parallel="mesh".
+  put = mapping.to_global if config.get("parallel", "pmap") == "mesh" else devices.place
   if resident is not None:
     # One transfer of the epoch's indices [D, steps, b]; no per-step host work.
     ids = np.swapaxes(data_lib.epoch_indices(
         train.layout, global_batch=int(config.batch_size), num_local_devices=nd,
         seed=config.seed, epoch=epoch), 0, 1)
-    table = devices.place({"index": ids, "row": ids - np.int32(train.offset)})
+    table = put({"index": ids, "row": ids - np.int32(train.offset)})
     spe = data_lib.steps_per_epoch(train.num_examples, int(config.batch_size),
                                    train.layout.num_shards)
     return EpochInput((table, resident) for _ in range(start, spe))
@@ -102,7 +105,7 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
         train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
         epoch=epoch, start_step=start, views=methods.get(config.method).num_views,
         scale=tuple(a.crop_scale), ratio=tuple(a.get("crop_ratio", (3 / 4, 4 / 3))))
-    return EpochInput(((b,) for b in devices.prefetch(stream, 2)), stream,
+    return EpochInput(((b,) for b in devices.prefetch(stream, 2, put)), stream,
                       int(config.data.get("workers", 0)))
   batches = data_lib.train_batches(
       train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
@@ -110,4 +113,4 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
   batches = ({"image": b["image"], "index": b["index"]} for b in batches)
   if host_augment is not None:
     batches = (host_augment(b, s) for s, b in enumerate(batches, step))
-  return EpochInput((b,) for b in devices.prefetch(batches, 2))
+  return EpochInput((b,) for b in devices.prefetch(batches, 2, put))

@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any, Callable, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -59,9 +60,6 @@ class Loop:
   t_epoch: float = 0.0
   progress: Optional[reporting.Progress] = None
   acc: Optional[dict] = None
-  # Several processes: the psum'd SIGTERM flags returned by the last two
-  # steps dispatched (the older one is read, so a step stays in flight).
-  stop_flags: tuple = (None, None)
   # Where the current logging window's clock started: (seconds, step).
   log_clock: tuple = (0.0, 0)
   # Seconds from this process's start to its first step done (None: no step ran).
@@ -77,12 +75,10 @@ class Loop:
     self.t_epoch = time.perf_counter()
     self.log_clock = (self.t_epoch, self.step)
 
-  def add_step(self, state: TrainState, sums: dict, stop_flag=None) -> None:
+  def add_step(self, state: TrainState, sums: dict) -> None:
     self.state = state
     self.acc = sums if self.acc is None else steps.accumulate_metrics(self.acc, sums)
     self.step += 1
-    if stop_flag is not None:
-      self.stop_flags = (self.stop_flags[1], stop_flag)
 
   def _diverged(self, bad: int) -> FloatingPointError:
     return FloatingPointError(
@@ -181,15 +177,18 @@ class Loop:
         f"saved at step {self.step} in {self.manager.directory}. Rerun the same command to "
         f"resume.", stop.signum)
 
-  def stop_agreed(self, stop: preemption.StopRequest, *, latest: bool = False) -> bool:
+  def stop_agreed(self, stop: preemption.StopRequest, *, at_epoch_end: bool = False) -> bool:
     """Whether to stop after this step; the same answer in every process at the same step.
 
-    One process: its own SIGTERM flag. Several: the flag summed over every
-    process by the step before this one (`latest`: by this one, which the
-    epoch's end has waited for anyway), so a process that received SIGTERM
-    makes all of them stop after the same step, one step later at most.
+    One process: its own SIGTERM flag, at every step (nothing waits for the
+    devices). Several: every `config.preemption_check_steps` steps and at each
+    epoch's end, the processes gather their flags (`devices.any_process`), so a
+    process that received SIGTERM makes all of them stop after the same step,
+    at most that many steps after the signal. Between checks nothing is read
+    and no collective is added to the step, so steps stay in flight.
     """
-    if self.stop_flags[1] is None:
+    if jax.process_count() == 1:
       return stop.requested
-    flag = self.stop_flags[1] if latest else self.stop_flags[0]
-    return flag is not None and float(devices.local_rows(flag)[0]) > 0
+    if not at_epoch_end and self.step % int(self.config.get("preemption_check_steps", 1)):
+      return False
+    return devices.any_process(stop.requested)

@@ -6,6 +6,7 @@ field stops the run with one line naming it (and its allowed values).
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import jax
@@ -13,6 +14,7 @@ import ml_collections
 
 from ssl_jax import bank_objective
 from ssl_jax import data as data_lib
+from ssl_jax import mapping
 from ssl_jax import methods
 from ssl_jax import models
 from ssl_jax import optim
@@ -77,6 +79,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                         "needs config.data.on_device=False and config.augment.on_device=True.")
     if int(config.data.get("workers", 0)) < 0:
       raise ConfigError(f"config.data.workers must be >= 0, got {config.data.workers}.")
+  allowed("parallel", config.get("parallel", "pmap"), mapping.PARALLEL)
+  if int(config.get("preemption_check_steps", 1)) < 1:
+    raise ConfigError(f"config.preemption_check_steps must be >= 1, got "
+                      f"{config.preemption_check_steps}.")
+  if int(config.bank.get("shard_above", 0)) < 0:
+    raise ConfigError(f"config.bank.shard_above must be >= 0 (0: never automatically), got "
+                      f"{config.bank.shard_above}.")
   allowed("eval.knn_source", config.eval.get("knn_source", "embed"), ("embed", "bank"))
   allowed("eval.feature_dtype", config.eval.get("feature_dtype", "float32"),
           ("float32", "bfloat16"))
@@ -96,6 +105,39 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError(
         f"config.batch_size ({config.batch_size}) must be a positive multiple of the "
         f"device count ({total_devices}).")
+
+
+def shard_large_bank(config: ml_collections.ConfigDict, num_examples: int,
+                     num_devices: int) -> tuple[ml_collections.ConfigDict, Optional[str]]:
+  """The large-bank guard (`config.bank.shard_above`): (config, note).
+
+  With more than one device and more bank rows than `bank.shard_above`, a
+  bank kept whole on every device would cost N x d per device and an N x d
+  all-reduce per step; such a run gets `bank.sharded=True` (a copy of the
+  config) and a one-line note. A config whose objective cannot be sharded
+  raises ConfigError naming the field. Otherwise the config comes back as is.
+  """
+  limit = int(config.bank.get("shard_above", 0))
+  if (not methods.get(config.method).uses_bank or config.bank.get("sharded", False) or not limit
+      or num_examples <= limit or num_devices < 2):
+    return config, None
+  itemsize = 2 if config.bank.get("dtype", "float32") == "bfloat16" else 4
+  whole = num_examples * int(config.model.embed_dim) * itemsize
+  try:
+    bank_objective.check_closed_form(bank_objective.BankMethodConfig.from_config(config),
+                                     "bank.sharded")
+  except ValueError as e:
+    raise ConfigError(
+        f"the bank's {num_examples:,} rows are more than config.bank.shard_above ({limit:,}), "
+        f"but it cannot be sharded over the {num_devices} devices: {e} Change that, or set "
+        f"config.bank.shard_above=0 to keep {whole / 2**20:,.0f} MiB on every device.") from None
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.bank.sharded = True
+  return config, (f"bank: {num_examples:,} rows > config.bank.shard_above ({limit:,}), so it is "
+                  f"sharded over the {num_devices} devices ({whole / num_devices / 2**20:,.0f} "
+                  f"MiB each instead of {whole / 2**20:,.0f} MiB and an all-reduce of that size "
+                  f"per step); --config.bank.shard_above=0 keeps it whole.")
 
 
 def num_shards(config) -> int:

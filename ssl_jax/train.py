@@ -25,6 +25,7 @@ from ssl_jax import devices
 from ssl_jax import downloads
 from ssl_jax import evaluate
 from ssl_jax import inputs as inputs_lib
+from ssl_jax import mapping
 from ssl_jax import methods
 from ssl_jax import preemption
 from ssl_jax import profiling
@@ -34,8 +35,8 @@ from ssl_jax import steps
 from ssl_jax import storage
 from ssl_jax import workdir_lock
 from ssl_jax.loop import Loop
-from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, validate_config,
-                                warmup_note)
+from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, shard_large_bank,
+                                validate_config, warmup_note)
 
 
 def peak_memory_bytes() -> Optional[int]:
@@ -43,24 +44,21 @@ def peak_memory_bytes() -> Optional[int]:
   return devices.memory_stat("peak_bytes_in_use")
 
 
-def pmap_step(step_fn: steps.StepFn, steps_per_epoch: int, resident: bool,
-              agree_on_stop: bool) -> Callable:
-  """The pmapped step the loop calls: `(state, [stop,] *inputs) -> (state, sums[, stop])`.
+def mapped_step(step_fn: steps.StepFn, steps_per_epoch: int, resident: bool,
+                parallel: str = "pmap") -> Callable:
+  """The mapped step the loop calls: `(state, *inputs) -> (state, sums)`.
 
   resident: the step gathers its batch from device-resident data
-  (`steps.make_indexed_step`). agree_on_stop: with several processes, each
-  passes its own SIGTERM flag [D_local] and gets back its psum over every
-  device of every process, so all processes see the same value for a step
-  and stop after the same one (`Loop.stop_agreed`).
+  (`steps.make_indexed_step`). parallel: "pmap" or "mesh" (`ssl_jax.mapping`).
   """
   fn = steps.make_indexed_step(step_fn, steps_per_epoch) if resident else step_fn
-  if agree_on_stop:
-    inner = fn
+  return mapping.map_step(fn, parallel)
 
-    def fn(state, stop, *inputs):
-      state, sums = inner(state, *inputs)
-      return state, sums, jax.lax.psum(stop, devices.AXIS)
-  return jax.pmap(fn, axis_name=devices.AXIS, donate_argnums=(0,))
+
+def eval_variables(state) -> dict:
+  """The state's variables as the pmapped evaluation programs take them: this
+  process's [D_local, ...] rows (a view, with config.parallel="mesh")."""
+  return mapping.to_local(steps.variables(state))
 
 
 def source_reason(config) -> str:
@@ -139,6 +137,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
                       f"{config.data.fraction}, in {shards} shard(s)).")
   run_files.check_resumable(workdir, config, train.num_examples)
   given = config  # config.json keeps what was asked; a FLOP budget plans num_epochs
+  config, note = shard_large_bank(config, train.num_examples, jax.device_count())
+  if note:
+    log(note)
   config, flops_plan = compute.plan(config, train, steps_per_epoch, workdir, log)
   if note := warmup_note(config):
     log(note)
@@ -161,11 +162,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   p_eval = evaluate.make_embed_fn(model, aug_cfg)
 
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints, cleanup=True)
-  fresh = builders.initial_state(config, model, tx, train.num_examples)
-  state = checkpoint.restore_latest(manager, fresh, log)
+  # Shapes and dtypes only (jax.eval_shape): a resumed run never builds the
+  # fresh state, whose zero bank alone is N x d.
+  state = checkpoint.restore_latest(
+      manager, builders.abstract_state(config, model, tx, train.num_examples), log)
   init_eval_path = storage.join(workdir, "init_eval.json")
   if state is None or not storage.exists(init_eval_path):
-    state = builders.init_bank(config, fresh, train, log)
+    state = builders.init_bank(
+        config, builders.initial_state(config, model, tx, train.num_examples), train, log)
     init_eval = _evaluate_untrained(config, p_eval, state, train, test, num_classes, log)
     if is_main:
       storage.write_json_atomic(init_eval_path, init_eval)
@@ -185,10 +189,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     run_files.write_run_info(workdir, config, train.num_examples)
 
   step_fn = builders.make_train_step(config, model, tx, total_steps, train.num_examples)
-  agree = jax.process_count() > 1
-  p_train_step = pmap_step(step_fn, steps_per_epoch, on_device, agree)
+  parallel = config.get("parallel", "pmap")
+  p_train_step = mapped_step(step_fn, steps_per_epoch, on_device, parallel)
   resident = builders.resident_split(train) if on_device else None
   state = builders.place_state(config, state)
+  if parallel == "mesh":   # one global array per leaf from here on; the step returns such
+    state = mapping.to_global(state)
+    resident = mapping.to_global(resident)
   step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else builders.make_host_augment(
       aug_cfg, devices.unreplicate(state.rng))
@@ -211,11 +218,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
         loop.start_clock()
         for args in inputs:
           profiler.before_step(loop.step)
-          if agree:
-            flag = np.full((nd,), float(stop.requested), np.float32)
-            loop.add_step(*p_train_step(loop.state, flag, *args))
-          else:
-            loop.add_step(*p_train_step(loop.state, *args))
+          loop.add_step(*p_train_step(loop.state, *args))
           profiler.after_step(loop.step, loop.state)
           if first_step_seconds is None:   # once per process: what a restart waits for
             jax.block_until_ready(loop.state.step)
@@ -235,7 +238,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
             loop.fetch_and_log()
         _end_epoch(loop, p_eval, test, num_classes, inputs,
                    includes_compile=loop.epoch == first_epoch)
-        if loop.stop_agreed(stop, latest=True):
+        if loop.stop_agreed(stop, at_epoch_end=True):
           loop.preempt(stop)
   finally:
     profiler.stop()   # a window the run did not reach the end of is still written
@@ -271,9 +274,9 @@ def _end_epoch(loop: Loop, p_eval, test, num_classes: int, inputs: inputs_lib.Ep
     bank = (builders.bank_of(config, loop.state, loop.train.num_examples)
             if from_bank or config.eval.get("freshness_probe", 0) else None)
     knn = builders.run_evaluation(
-        config, p_eval, steps.variables(loop.state), loop.train, test, num_classes,
+        config, p_eval, eval_variables(loop.state), loop.train, test, num_classes,
         linear=False, test_only=from_bank, bank=bank if from_bank else None)
-    knn.update(builders.bank_freshness(config, p_eval, steps.variables(loop.state), loop.train,
+    knn.update(builders.bank_freshness(config, p_eval, eval_variables(loop.state), loop.train,
                                        bank, loop.step, loop.steps_per_epoch))
     del bank
     record.update(knn)
@@ -302,9 +305,9 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   log("final evaluation (kNN and linear probe)...")
   bank = builders.bank_of(config, loop.state, loop.train.num_examples)
   final = builders.run_evaluation(
-      config, p_eval, steps.variables(loop.state), loop.train, test, num_classes, linear=True,
+      config, p_eval, eval_variables(loop.state), loop.train, test, num_classes, linear=True,
       bank=bank)
-  final.update(builders.bank_freshness(config, p_eval, steps.variables(loop.state), loop.train,
+  final.update(builders.bank_freshness(config, p_eval, eval_variables(loop.state), loop.train,
                                        bank, loop.step, spe))
   del bank
   if line := reporting.freshness_line(final):
@@ -392,7 +395,7 @@ def evaluate_checkpoint(workdir: str) -> dict:
   steps_per_epoch = data_lib.steps_per_epoch(train.num_examples, config.batch_size,
                                              num_shards(config))
   _, tx = builders.build_optimizer(config, steps_per_epoch)
-  template = builders.initial_state(config, model, tx, train.num_examples)
+  template = builders.abstract_state(config, model, tx, train.num_examples)
   state = checkpoint.restore_latest(checkpoint.create_manager(workdir), template)
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")

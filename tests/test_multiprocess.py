@@ -1,9 +1,10 @@
 """Multi-process training through jax.distributed, on this machine.
 
 Two processes with 2 fake CPU devices each (coordinator on 127.0.0.1) train a
-tiny config on real CIFAR-10 images; the result must equal a 1-process,
-4-device run on the same global batches and a run with the split resident on
-the devices, survive a kill of both processes, and stop with an error when
+tiny config on real CIFAR-10 images with the default mapping
+(config.parallel="mesh"); the result must equal a 1-process, 4-device run on
+the same global batches, the pmap mapping, and a run with the split resident
+on the devices, survive a kill of both processes, and stop with an error when
 one process dies.
 """
 
@@ -116,6 +117,20 @@ def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   assert summary["knn_top1"] == pytest.approx(single["knn_top1"], abs=0.02)
+
+
+@needs_cifar10
+def test_pmap_with_two_processes_ends_where_the_mesh_does(two_process_run, tmp_path):
+  """config.parallel: the module's runs use the default "mesh" (one jit over a mesh
+  of both processes' devices); "pmap" maps the same per-replica step. XLA sums
+  their all-reduces in another order, so they agree to float tolerance, not bit
+  for bit (tests/test_mapping.py)."""
+  workdir, _ = two_process_run
+  _finish(_start(tmp_path, 2, 2, _free_port(), extra=["--config.parallel=pmap"]))
+  assert json.load(open(tmp_path / "summary.json"))["replicas_identical"] is True
+  a, b = _state(tmp_path), _state(workdir)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 @needs_cifar10

@@ -1,0 +1,106 @@
+"""How the per-replica train step is mapped onto the devices (`config.parallel`).
+
+The step itself is one pure function of one replica's state and batch, with
+named-axis collectives over `devices.AXIS` (BatchNorm statistics, gradient
+means, the bank's gathers). It is mapped in one of two ways, with the same
+arrays going in and out: every state leaf and input is [D_global, ...], row k
+on global device k.
+
+- "pmap": `jax.pmap`, the historical mapping. With several processes each
+  call converts its arguments per process, which costs time on every step
+  that grows with the state's leaf count (benchmarks/loop_overhead.py).
+- "mesh": `jax.jit` over `jax.shard_map` on one `Mesh` of every device of
+  every process (axis `batch`). The state is a global `jax.Array`, donated to
+  each call; batches become global arrays with
+  `jax.make_array_from_process_local_data`. Inside, each device sees its own
+  row, so the per-replica function runs unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ssl_jax import devices
+
+PARALLEL = ("mesh", "pmap")
+
+
+def global_mesh() -> Mesh:
+  """One axis (`devices.AXIS`) over every device of every process, in jax.devices() order."""
+  return Mesh(np.asarray(jax.devices()), (devices.AXIS,))
+
+
+def global_sharding() -> NamedSharding:
+  """Row k of a [D_global, ...] array on global device k."""
+  return NamedSharding(global_mesh(), PartitionSpec(devices.AXIS))
+
+
+def _is_global(x: Any, sharding: NamedSharding) -> bool:
+  return (isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+          and x.sharding.mesh.devices.size == sharding.mesh.devices.size)
+
+
+def to_global(tree: Any) -> Any:
+  """Per-process arrays [D_local, ...] (host NumPy or on local devices) -> global
+  [D_global, ...] arrays on the global mesh, moving no data that is already on
+  its device. Identity for leaves that are global already."""
+  sharding = global_sharding()
+  n = sharding.mesh.devices.size
+
+  def one(x):
+    if _is_global(x, sharding):
+      return x
+    if isinstance(x, jax.Array):
+      # Already on this process's devices (slice i on local device i): wrap the
+      # same buffers as the global array's local shards.
+      shards = [s.data for s in x.addressable_shards]
+      return jax.make_array_from_single_device_arrays((n, *x.shape[1:]), sharding, shards)
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (n, *x.shape[1:]))
+  return jax.tree_util.tree_map(one, tree)
+
+
+def to_local(tree: Any) -> Any:
+  """Global [D_global, ...] arrays -> this process's [D_local, ...] rows on its devices,
+  without a copy (what the pmapped evaluation programs take). Identity for
+  arrays this process holds whole."""
+  def one(x):
+    # pmap's own outputs (PmapSharding) go back into pmap as they are.
+    if (not isinstance(x, jax.Array) or x.is_fully_addressable
+        or not isinstance(x.sharding, NamedSharding)):
+      return x
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    local = devices.step_sharding([s.device for s in shards])
+    return jax.make_array_from_single_device_arrays(
+        (len(shards), *x.shape[1:]), local, [s.data for s in shards])
+  return jax.tree_util.tree_map(one, tree)
+
+
+def map_step(fn: Callable, parallel: str) -> Callable:
+  """`fn(state, *inputs)` of one replica -> the step the loop calls on [D, ...] arrays.
+
+  The state (first argument) is donated. With "mesh" the inputs after the
+  state are made global on each call (`to_global`); the state is expected
+  global already (`to_global` once, after placing it), as the step returns it.
+  """
+  if parallel == "pmap":
+    return jax.pmap(fn, axis_name=devices.AXIS, donate_argnums=(0,))
+  if parallel != "mesh":
+    raise ValueError(f"config.parallel must be one of {list(PARALLEL)}, got {parallel!r}.")
+  spec = PartitionSpec(devices.AXIS)
+
+  def per_device(*args):
+    # Each device holds row [1, ...] of every [D_global, ...] argument.
+    out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], out)
+  mapped = jax.jit(jax.shard_map(per_device, mesh=global_mesh(), in_specs=spec,
+                                 out_specs=spec), donate_argnums=(0,))
+
+  def step(state, *inputs):
+    return mapped(state, *to_global(inputs))
+  return step
