@@ -22,7 +22,10 @@ Rows:
   collective, batches are prefetched to the devices, and the processes
   gather their stop flags every 10 steps (`config.preemption_check_steps`);
 - pmap_check_every_step / mesh_check_every_step: the same, gathering the
-  flags at every step (the cost of a host sync per step).
+  flags at every step (the cost of a host sync per step);
+- mesh_without_collective: mesh with the batch averaged on each device only:
+  the loop without any cross-process all-reduce (which a real step needs for
+  its gradients anyway), to show what the collective itself costs here.
 
 Rounds alternate the rows; each row's figure is its median round. Writes
 `<--out>.json` ({"settings": {P: {"rows": {NAME: {"ms_per_step": ...}},
@@ -45,12 +48,14 @@ from typing import Optional
 
 import numpy as np
 
-ROWS = {  # name: (parallel, stop flag summed in the step, agree every this many steps, prefetch)
-    "pmap_before": ("pmap", True, 1, False),
-    "pmap": ("pmap", False, 10, True),
-    "mesh": ("mesh", False, 10, True),
-    "pmap_check_every_step": ("pmap", False, 1, True),
-    "mesh_check_every_step": ("mesh", False, 1, True),
+ROWS = {  # name: (parallel, stop flag summed in the step, agree every this many steps,
+          #        prefetch, the batch averaged over every device)
+    "pmap_before": ("pmap", True, 1, False, True),
+    "pmap": ("pmap", False, 10, True, True),
+    "mesh": ("mesh", False, 10, True, True),
+    "pmap_check_every_step": ("pmap", False, 1, True, True),
+    "mesh_check_every_step": ("mesh", False, 1, True, True),
+    "mesh_without_collective": ("mesh", False, 10, True, False),
 }
 
 
@@ -69,11 +74,13 @@ def _time_row(name: str, config, state, steps: int, warmup: int, nd: int) -> flo
   from jax.experimental import multihost_utils
   from ssl_jax import builders, devices, mapping
 
-  parallel, flag_in_step, check_every, prefetch = ROWS[name]
+  parallel, flag_in_step, check_every, prefetch, collective = ROWS[name]
 
   def step(state, *args):
     batch = args[-1]
-    mean = jax.lax.pmean(jnp.mean(batch["image"].astype(jnp.float32)), devices.AXIS)
+    mean = jnp.mean(batch["image"].astype(jnp.float32))
+    if collective:
+      mean = jax.lax.pmean(mean, devices.AXIS)
     out = (state.replace(step=state.step + 1), {"mean": mean})
     return (*out, jax.lax.psum(args[0], devices.AXIS)) if flag_in_step else out
   fn = mapping.map_step(step, parallel)
@@ -114,7 +121,7 @@ def worker(args) -> None:
   from configs import default
   from ssl_jax import devices
   config = default.get_config("ours")
-  config.model.name, config.model.width, config.data.image_size = "resnet50", 1.0, 32
+  config.model.name, config.model.width, config.data.image_size = args.model, 1.0, 32
   nd = jax.local_device_count()
   state = _host_state(config)
   leaves = len(jax.tree_util.tree_leaves(state))
@@ -145,7 +152,7 @@ def run_setting(processes: int, args) -> dict:
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(pid))
-    cmd = [sys.executable, "-m", "benchmarks.loop_overhead", "--worker",
+    cmd = [sys.executable, "-m", "benchmarks.loop_overhead", "--worker", f"--model={args.model}",
            f"--steps={args.steps}", f"--warmup={args.warmup}", f"--rounds={args.rounds}"]
     procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
@@ -184,7 +191,8 @@ def predict(settings: dict, hosts=(16, 64)) -> Optional[dict]:
 
 def markdown(results: dict) -> str:
   lines = [f"# Loop overhead per step (`{results['command']}`)", "", results["environment"], "",
-           "A ResNet-50 state (ours, SGD; 432 leaves) passes through a step that only "
+           f"A {results['model']} state (ours, SGD; "
+           f"{next(iter(results['settings'].values()))['state_leaves']} leaves) passes through a step that only "
            "advances the counter and averages the batch over every device: milliseconds per "
            "step are the loop's own cost. Median of alternating rounds. Rows: see "
            "`benchmarks/loop_overhead.py`.", ""]
@@ -213,6 +221,7 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--processes", type=int, nargs="+", default=[2])
   ap.add_argument("--devices", type=int, default=4, help="Fake CPU devices per process.")
+  ap.add_argument("--model", default="resnet50", help="The backbone whose state is carried.")
   ap.add_argument("--steps", type=int, default=30)
   ap.add_argument("--warmup", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=3)
@@ -226,7 +235,7 @@ def main(argv=None) -> None:
   results = {"command": "python -m benchmarks.loop_overhead " + " ".join(sys.argv[1:]),
              "environment": f"jax {jax.__version__}, {devices.processor_name()}, "
                             f"{os.cpu_count()} cores, {datetime.date.today().isoformat()}",
-             "settings": {}}
+             "model": args.model, "settings": {}}
   for p in args.processes:
     results["settings"][str(p)] = run_setting(p, args)
     print(json.dumps({p: {n: round(r["ms_per_step"], 2) for n, r in

@@ -6,7 +6,7 @@ Compiles, on fake CPU devices, every program an ImageNet run executes, at its
 real shapes (N = 1,281,167 training images, 1,000 classes, the config's
 model, batch and image size), for each device count:
 
-  train_step_<method>  the pmapped train step of each method (the config's
+  train_step_<method>  the mapped train step of each method (config.parallel) (the config's
                        recipe with that method; a streamed batch);
   calibrate            the bank's calibration pass (one evaluation batch);
   knn                  one kNN query batch against the training features
@@ -65,7 +65,7 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
   import jax.numpy as jnp
   import numpy as np
   from configs import default
-  from ssl_jax import builders, compute, evaluate, steps, train
+  from ssl_jax import builders, compute, evaluate, mapping, steps
   from ssl_jax.evaluate import linear
 
   struct = jax.ShapeDtypeStruct
@@ -78,7 +78,9 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
     _, tx = builders.build_optimizer(c, spe)
     state = compute.abstract_state(c, model, tx, num_train, d, d)
     step_fn = builders.make_train_step(c, model, tx, spe * c.num_epochs, num_train)
-    out[f"train_step_{method}"] = (train.mapped_step(step_fn, spe, False),
+    # Mapped as the config says (config.parallel), over the first d devices.
+    mapped = mapping.map_step(step_fn, c.get("parallel", "pmap"), jax.devices()[:d])
+    out[f"train_step_{method}"] = (mapped,
                                    (state, compute.abstract_stream_batch(c, d, d)))
 
   model = builders.build_model(config)

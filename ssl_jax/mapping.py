@@ -18,7 +18,7 @@ on global device k.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,26 +81,52 @@ def to_local(tree: Any) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
-def map_step(fn: Callable, parallel: str) -> Callable:
+class MeshStep:
+  """The "mesh" step: `jax.jit` over `jax.shard_map`, taking [D, ...] arguments.
+
+  Calling it makes the inputs after the state global (`to_global`); the state
+  is expected global already (`to_global` once, after placing it), as the
+  step returns it. `lower` takes abstract arguments (jax.ShapeDtypeStruct)
+  like a pmapped function's, for compiling without running
+  (benchmarks/scale.py).
+  """
+
+  def __init__(self, fn: Callable, mesh: Mesh):
+    spec = PartitionSpec(devices.AXIS)
+
+    def per_device(*args):
+      # Each device holds row [1, ...] of every [D, ...] argument.
+      out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
+      return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], out)
+    self.sharding = NamedSharding(mesh, spec)
+    # check_vma=False: pmap's semantics, which the per-replica code was written
+    # for (a scan carry that starts replicated and becomes per-device, as in
+    # the chunked bank, is legal there).
+    self.jitted = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=spec, out_specs=spec,
+                                        check_vma=False), donate_argnums=(0,))
+
+  def __call__(self, state, *inputs):
+    return self.jitted(state, *to_global(inputs))
+
+  def lower(self, *args):
+    placed = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding), args)
+    return self.jitted.lower(*placed)
+
+
+def map_step(fn: Callable, parallel: str,
+             devices_: Optional[Sequence[jax.Device]] = None) -> Callable:
   """`fn(state, *inputs)` of one replica -> the step the loop calls on [D, ...] arrays.
 
-  The state (first argument) is donated. With "mesh" the inputs after the
-  state are made global on each call (`to_global`); the state is expected
-  global already (`to_global` once, after placing it), as the step returns it.
+  The state (first argument) is donated. devices_: the devices to map over
+  (all of every process by default; a prefix for compiling at a smaller
+  count).
   """
   if parallel == "pmap":
-    return jax.pmap(fn, axis_name=devices.AXIS, donate_argnums=(0,))
+    return jax.pmap(fn, axis_name=devices.AXIS, donate_argnums=(0,),
+                    devices=list(devices_) if devices_ is not None else None)
   if parallel != "mesh":
     raise ValueError(f"config.parallel must be one of {list(PARALLEL)}, got {parallel!r}.")
-  spec = PartitionSpec(devices.AXIS)
-
-  def per_device(*args):
-    # Each device holds row [1, ...] of every [D_global, ...] argument.
-    out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], out)
-  mapped = jax.jit(jax.shard_map(per_device, mesh=global_mesh(), in_specs=spec,
-                                 out_specs=spec), donate_argnums=(0,))
-
-  def step(state, *inputs):
-    return mapped(state, *to_global(inputs))
-  return step
+  mesh = (global_mesh() if devices_ is None
+          else Mesh(np.asarray(list(devices_)), (devices.AXIS,)))
+  return MeshStep(fn, mesh)

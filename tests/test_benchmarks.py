@@ -149,3 +149,25 @@ def test_the_chunked_bank_benchmark_writes_its_rows(tmp_path):
   assert rows[3]["temp_bytes"] < rows[2]["temp_bytes"]
   assert rows[1]["max_abs_diff_to_first"] < 1e-5
   assert "| 3,000 | 64 | 1 | 256 |" in (tmp_path / "bank.md").read_text()
+
+
+def test_the_loop_overhead_benchmark_times_every_row_with_two_processes(tmp_path):
+  """`benchmarks/loop_overhead.py` at toy settings: 1 and 2 processes of 2 devices,
+  every row timed, the layout the README names, and the line fit to process counts."""
+  from benchmarks import loop_overhead
+  out = tmp_path / "loop"
+  loop_overhead.main(["--processes", "1", "2", "--devices", "2", "--model", "resnet10",
+                      "--steps", "3", "--warmup", "1", "--rounds", "1", "--out", str(out)])
+  results = json.loads((tmp_path / "loop.json").read_text())
+  assert set(results["settings"]) == {"1", "2"}
+  assert results["settings"]["2"]["processes"] == 2 and results["settings"]["2"]["devices"] == 4
+  assert set(results["rows"]) == set(loop_overhead.ROWS)
+  assert all(r["ms_per_step"] > 0 for r in results["rows"].values())
+  assert results["ratio_mesh_to_pmap"] == pytest.approx(
+      results["rows"]["mesh"]["ms_per_step"] / results["rows"]["pmap_before"]["ms_per_step"])
+  assert results["prediction"] is None   # a line needs 3 process counts
+  assert "| 2 x 2 |" in (tmp_path / "loop.md").read_text()
+  row = lambda ms: {"rows": {"pmap_before": {"ms_per_step": 2 * ms}, "mesh": {"ms_per_step": ms}}}
+  pred = loop_overhead.predict({"1": row(1.0), "2": row(2.0), "4": row(4.0)})
+  assert pred["rows"]["mesh"]["16"] == pytest.approx(16.0)
+  assert pred["ratio_mesh_to_pmap"]["64"] == pytest.approx(0.5)

@@ -122,15 +122,14 @@ def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_
 @needs_cifar10
 def test_pmap_with_two_processes_ends_where_the_mesh_does(two_process_run, tmp_path):
   """config.parallel: the module's runs use the default "mesh" (one jit over a mesh
-  of both processes' devices); "pmap" maps the same per-replica step. XLA sums
-  their all-reduces in another order, so they agree to float tolerance, not bit
-  for bit (tests/test_mapping.py)."""
+  of both processes' devices); "pmap" maps the same per-replica step, and the
+  two end bit-identical (tests/test_mapping.py on one process)."""
   workdir, _ = two_process_run
   _finish(_start(tmp_path, 2, 2, _free_port(), extra=["--config.parallel=pmap"]))
   assert json.load(open(tmp_path / "summary.json"))["replicas_identical"] is True
   a, b = _state(tmp_path), _state(workdir)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 @needs_cifar10

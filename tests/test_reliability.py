@@ -185,3 +185,25 @@ def test_a_checkpoint_of_another_structure_stops_and_moves_nothing(reference_run
   assert f"checkpoint at step {TOTAL_STEPS}" in message and "holds another state" in message
   assert "missing batch_stats/MLP_0" in message and "params/Dense_0" in message, message
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+@needs_cifar10
+@pytest.mark.parametrize("saved_on,resumed_on", [(4, 2), (2, 4)])
+def test_a_checkpoint_resumes_on_another_device_count(tmp_path, saved_on, resumed_on):
+  """A sharded bank saved on one device count is cut into the other's shards on resume
+  (checkpoints hold the whole bank), and the run ends where an unbroken run on the
+  second count does. The global batches depend on (seed, epoch, data shards) only;
+  the device count changes the order of float sums, so the comparison is to float
+  tolerance (small steps keep the training from amplifying it)."""
+  small = ("--config.bank.sharded=True", "--config.optim.base_lr=0.02", "--config.bank.lr=1.0")
+  env = lambda d: dict(ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
+  out = runs.run(tmp_path / "broken", *small, expect=143, env=env(saved_on),
+                 STOP_AT="SIGTERM@10")
+  assert "checkpoint saved at step 10" in out
+  out = runs.run(tmp_path / "broken", *small, env=env(resumed_on))
+  assert "resuming from checkpoint at step 10" in out
+  runs.run(tmp_path / "unbroken", *small, env=env(resumed_on))
+  assert runs.summary(tmp_path / "broken")["devices"] == resumed_on
+  a, b = runs.final_state(tmp_path / "broken"), runs.final_state(tmp_path / "unbroken")
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
