@@ -171,3 +171,32 @@ def test_the_loop_overhead_benchmark_times_every_row_with_two_processes(tmp_path
   pred = loop_overhead.predict({"1": row(1.0), "2": row(2.0), "4": row(4.0)})
   assert pred["rows"]["mesh"]["16"] == pytest.approx(16.0)
   assert pred["ratio_mesh_to_pmap"]["64"] == pytest.approx(0.5)
+
+
+def test_the_peer_benchmark_skips_in_one_line_without_torch(monkeypatch, capsys, tmp_path):
+  """`benchmarks/peer.py` needs torch, torchvision and lightly (the `peer` extra), which
+  the test suite does not install: without them it says so in one line, writes nothing."""
+  from benchmarks import peer
+  monkeypatch.setattr(peer, "missing_peer", lambda: ["torch", "lightly"])
+  peer.main(["--out", str(tmp_path / "peer")])
+  out = capsys.readouterr().out
+  assert out == 'benchmarks.peer: skipped: torch, lightly not installed (pip install ".[peer]")\n'
+  assert not list(tmp_path.iterdir())
+
+
+def test_the_peer_tables_list_every_side_ratio_and_part():
+  from benchmarks import peer
+  row = {"images_per_second": 10.0, "images_per_cpu_second": 6.0, "step_ms": 12800.0,
+         "peak_rss_bytes": 3 * 2**30, "threads": "torch 2 intra-op threads"}
+  results = {"command": "python -m benchmarks.peer", "environment": "here",
+             "rows": {s: row for s in peer.SIDES},
+             "ratio_simclr_jax_to_torch": 0.5, "ratio_simclr_jax_to_torch_rounds": [0.4, 0.5, 0.6],
+             "parts": {p: {"jax_ms": 2.0, "torch_ms": 1.0, "ratio_jax_to_torch": 0.5}
+                       for p in peer.PARTS}}
+  md = peer.markdown(results)
+  for side in peer.SIDES:
+    assert f"| {side} | 10.0 | 6.0 | 12800 | 3.00 | torch 2 intra-op threads |" in md
+  assert "| ratio_simclr_jax_to_torch | 0.50 | 0.40, 0.50, 0.60 |" in md
+  assert "ratio_ours_to_torch_simclr" not in md          # not measured: no row
+  for part in peer.PARTS:
+    assert f"| {part} | 2.0 | 1.0 | 0.50 |" in md
