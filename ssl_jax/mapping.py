@@ -23,21 +23,17 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from ssl_jax import devices
 
 PARALLEL = ("mesh", "pmap")
 
 
-def global_mesh() -> Mesh:
-  """One axis (`devices.AXIS`) over every device of every process, in jax.devices() order."""
-  return Mesh(np.asarray(jax.devices()), (devices.AXIS,))
-
-
 def global_sharding() -> NamedSharding:
-  """Row k of a [D_global, ...] array on global device k."""
-  return NamedSharding(global_mesh(), PartitionSpec(devices.AXIS))
+  """Row k of a [D_global, ...] array on global device k (jax.devices() order): the
+  step's layout (`devices.step_sharding`) over every device of every process."""
+  return devices.step_sharding(jax.devices())
 
 
 def _is_global(x: Any, sharding: NamedSharding) -> bool:
@@ -45,11 +41,12 @@ def _is_global(x: Any, sharding: NamedSharding) -> bool:
           and x.sharding.mesh.devices.size == sharding.mesh.devices.size)
 
 
-def to_global(tree: Any) -> Any:
+def to_global(tree: Any, sharding: Optional[NamedSharding] = None) -> Any:
   """Per-process arrays [D_local, ...] (host NumPy or on local devices) -> global
-  [D_global, ...] arrays on the global mesh, moving no data that is already on
-  its device. Identity for leaves that are global already."""
-  sharding = global_sharding()
+  [D_global, ...] arrays with `sharding` (default `global_sharding()`), moving
+  no data that is already on its device. Identity for leaves that are global
+  already."""
+  sharding = sharding or global_sharding()
   n = sharding.mesh.devices.size
 
   def one(x):
@@ -91,14 +88,14 @@ class MeshStep:
   (benchmarks/scale.py).
   """
 
-  def __init__(self, fn: Callable, mesh: Mesh):
-    spec = PartitionSpec(devices.AXIS)
+  def __init__(self, fn: Callable, sharding: NamedSharding):
+    mesh, spec = sharding.mesh, sharding.spec
 
     def per_device(*args):
       # Each device holds row [1, ...] of every [D, ...] argument.
       out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
       return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], out)
-    self.sharding = NamedSharding(mesh, spec)
+    self.sharding = sharding
     # check_vma=False: pmap's semantics, which the per-replica code was written
     # for (a scan carry that starts replicated and becomes per-device, as in
     # the chunked bank, is legal there).
@@ -106,7 +103,7 @@ class MeshStep:
                                         check_vma=False), donate_argnums=(0,))
 
   def __call__(self, state, *inputs):
-    return self.jitted(state, *to_global(inputs))
+    return self.jitted(state, *to_global(inputs, self.sharding))
 
   def lower(self, *args):
     placed = jax.tree_util.tree_map(
@@ -127,6 +124,4 @@ def map_step(fn: Callable, parallel: str,
                     devices=list(devices_) if devices_ is not None else None)
   if parallel != "mesh":
     raise ValueError(f"config.parallel must be one of {list(PARALLEL)}, got {parallel!r}.")
-  mesh = (global_mesh() if devices_ is None
-          else Mesh(np.asarray(list(devices_)), (devices.AXIS,)))
-  return MeshStep(fn, mesh)
+  return MeshStep(fn, devices.step_sharding(jax.devices() if devices_ is None else devices_))
