@@ -18,6 +18,7 @@ from ssl_jax import augment
 from ssl_jax import bank as bank_lib
 from ssl_jax import data as data_lib
 from ssl_jax import devices
+from ssl_jax import mapping
 from ssl_jax import evaluate
 from ssl_jax import methods
 from ssl_jax import models
@@ -194,6 +195,40 @@ def host_state(config, state: TrainState, num_examples: int) -> TrainState:
   if is_sharded(config):
     host = host.replace(bank=bank_of(config, state, num_examples))
   return host
+
+
+def saved_state(config, state: TrainState, num_examples: int) -> TrainState:
+  """What a checkpoint saves of the step's [D, ...] state, waited for.
+
+  A mesh run's global state -> its saved form on the devices
+  (`mapping.to_saved`: each process then writes only the bank rows it
+  holds); a pmap run's -> one host copy (`host_state`).
+  """
+  if isinstance(state.step, jax.Array) and mapping.is_global(state.step):
+    saved = mapping.to_saved(state, is_sharded(config))
+  else:
+    saved = host_state(config, state, num_examples)
+  return jax.block_until_ready(saved)
+
+
+def restore_target(config, abstract: TrainState) -> TrainState:
+  """What a checkpoint is restored into (`checkpoint.restore_latest`): shapes with
+  the saved form's shardings for the mesh mapping (`mapping.saved_template`),
+  the shapes alone (host NumPy) for pmap."""
+  if config.get("parallel", "pmap") == "mesh":
+    return mapping.saved_template(abstract, is_sharded(config))
+  return abstract
+
+
+def step_state(config, state: TrainState) -> TrainState:
+  """A fresh or restored state -> the step's [D, ...] layout for `config.parallel`:
+  a mesh run's restored saved form through `mapping.from_saved`, host state
+  through `place_state` (then global arrays for the mesh)."""
+  mesh = config.get("parallel", "pmap") == "mesh"
+  if mesh and isinstance(state.step, jax.Array) and mapping.is_global(state.step):
+    return mapping.from_saved(state, is_sharded(config))
+  state = place_state(config, state)
+  return mapping.to_global(state) if mesh else state
 
 
 def check_replicas(state: TrainState, include_bank: bool = True) -> bool:

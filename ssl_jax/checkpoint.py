@@ -4,10 +4,13 @@ Orbax writes each step to a temporary folder and renames it when complete
 (on a disk), or straight into the step's folder with a commit marker written
 last (on an object store such as gs://, which has no rename): either way an
 interrupted save is never listed as a checkpoint and never replaces the
-previous one. Only replica 0's state is saved (replicas are identical by
-construction); on restore it is replicated again. A latest checkpoint that
-cannot be read is reported and the one before it is used; if none can be read
-the run stops rather than silently starting from scratch.
+previous one. One replica's state is saved (replicas are identical by
+construction): host NumPy leaves from a pmap run (`builders.host_state`),
+or a mesh run's global arrays in their saved form (`mapping.to_saved`), a
+sharded bank's rows written by the processes that hold them. Either restores
+into either. A latest checkpoint that cannot be read is reported and the one
+before it is used; if none can be read the run stops rather than silently
+starting from scratch.
 """
 
 from __future__ import annotations
@@ -27,17 +30,15 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint although the workdir has some."""
 
 
-def create_manager(workdir: str, max_to_keep: int = 3,
-                   cleanup: bool = False) -> ocp.CheckpointManager:
+def create_manager(workdir: str, max_to_keep: int = 3, cleanup: bool = False,
+                   asynchronous: bool = True) -> ocp.CheckpointManager:
   """The run's checkpoint manager. `cleanup`: remove what unfinished saves left (only
-  for the run that holds the workdir: a reader could remove a live run's save)."""
-  # With several processes saves are synchronous: an asynchronous save's
-  # background thread joins cross-process barriers that can interleave with
-  # the next train steps' collectives differently in each process (a deadlock
-  # seen with 2 processes on gloo). One process keeps async saves.
+  for the run that holds the workdir: a reader could remove a live run's save).
+  `asynchronous`: saves return once the state is copied off the devices, and
+  are written in the background (`finish_saves` waits for them)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=cleanup,
-      enable_async_checkpointing=jax.process_count() == 1)
+      enable_async_checkpointing=asynchronous)
   # The handler named up front, so a fresh manager can read a checkpoint's
   # metadata (the tree `restore_latest` compares) before anything is restored.
   return ocp.CheckpointManager(storage.absolute(storage.join(workdir, "checkpoints")),
@@ -45,7 +46,11 @@ def create_manager(workdir: str, max_to_keep: int = 3,
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> int:
-  """Saves an unreplicated state at its step (asynchronously unless `wait`); returns the step.
+  """Saves one replica's state at its step (asynchronously unless `wait`); returns the step.
+
+  state: host NumPy leaves, or global jax.Arrays (each process writes the
+  shards it holds; orbax writes a replicated leaf once). Every process calls
+  it at the same step.
 
   A step is saved once: asking again for the latest step does nothing. A
   full disk raises `storage.DiskFull` after removing this save's partial files
@@ -53,11 +58,9 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = Fals
   """
   if int(state.step) == manager.latest_step():   # None when there is no checkpoint
     return int(state.step)
-  # Host (NumPy) copies: with several processes, orbax writes such leaves once,
-  # from process 0, and every process must call save for its barriers.
-  state = jax.device_get(state)
   step = int(state.step)
-  nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+  nbytes = sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
+               for x in jax.tree_util.tree_leaves(state))
   _in_flight[id(manager)] = (step, nbytes)
   try:
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
@@ -144,10 +147,30 @@ def leaf_specs(tree, is_leaf=None) -> dict[str, tuple]:
           for path, x in flat}
 
 
+def padded_rows(rows: int, num_examples: int) -> bool:
+  """Whether a saved bank of `rows` rows is an N-row bank, or one in a sharded run's
+  saved form: D blocks of ceil(N / D) rows for some device count D, which
+  pads N with fewer than D zero rows."""
+  pad = rows - num_examples
+  return pad == 0 or (pad > 0 and any(d * -(-num_examples // d) == rows
+                                      for d in range(pad + 1, min(rows, 1 << 16) + 1)))
+
+
+def _same_leaf(key: str, saved: tuple, expected: tuple) -> bool:
+  if key == "bank" and len(saved[0]) == len(expected[0]) == 2:
+    return (saved[0][1:], saved[1]) == (expected[0][1:], expected[1]) and padded_rows(
+        saved[0][0], expected[0][0])
+  return saved == expected
+
+
 def structure_difference(saved: dict, expected: dict) -> Optional[str]:
-  """What differs between two `leaf_specs`, in a few words, or None if they agree."""
+  """What differs between two `leaf_specs`, in a few words, or None if they agree.
+
+  A bank (leaf "bank") may hold zero padding rows past expected's N (the
+  saved form of a sharded bank, `mapping.to_saved`)."""
   missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-  changed = [k for k in sorted(set(saved) & set(expected)) if saved[k] != expected[k]]
+  changed = [k for k in sorted(set(saved) & set(expected))
+             if not _same_leaf(k, saved[k], expected[k])]
   if not (missing or extra or changed):
     return None
   show = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -187,8 +210,15 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
-                   log: Callable[[str], None] = print) -> Optional[TrainState]:
+                   log: Callable[[str], None] = print,
+                   expected_shapes: Optional[TrainState] = None) -> Optional[TrainState]:
   """The newest readable checkpoint, restored into the structure of `template`.
+
+  template: arrays or shapes (host NumPy results), or jax.ShapeDtypeStruct
+  leaves with shardings (global arrays, each process reading its shards:
+  `mapping.saved_template`). A bank is cut or zero-padded to the template's
+  rows (another device count's saved form). expected_shapes: the true
+  shapes to compare the checkpoint with, where the template's bank is padded.
 
   Returns None when the workdir has no checkpoint. A checkpoint whose files
   cannot be read (truncated, damaged) is reported, moved aside
@@ -200,14 +230,16 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  # NumPy targets: every process restores the whole state on the host. np.zeros
-  # maps untouched zero pages, so even an N x d bank target costs no memory
+  # NumPy targets (where the template has no shardings): every process
+  # restores the whole state on the host. np.zeros maps untouched zero pages, so even an N x d bank target costs no memory
   # until orbax's result replaces it; `template` may be shapes only
   # (`builders.abstract_state`).
-  abstract = jax.tree_util.tree_map(
-      lambda x: np.zeros(np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype),
-      template)
-  expected = leaf_specs(abstract)
+  def target(x):
+    if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None:
+      return x
+    return np.zeros(np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+  abstract = jax.tree_util.tree_map(target, template)
+  expected = leaf_specs(expected_shapes if expected_shapes is not None else abstract)
   errors = []
   for step in steps:
     try:
@@ -223,7 +255,8 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
             f"code and config make ({difference}); was it written by another version or "
             f"config? Use that version or config, or another --workdir.")
       try:
-        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        # strict=False: the bank's padding rows may differ (structure checked above).
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract, strict=False))
       except Exception as e:  # the metadata read, the data did not
         state, reason = None, first_line(e)
     if saved is None or state is None:
@@ -232,6 +265,9 @@ def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
       log(f"warning: checkpoint at step {step} is unreadable ({reason}); moved to {dst}, "
           f"trying an older one")
       continue
+    if isinstance(state.bank, np.ndarray) and len(state.bank) > len(abstract.bank):
+      # Host targets are not cut by orbax: drop a sharded run's zero padding rows.
+      state = state.replace(bank=state.bank[:len(abstract.bank)])
     if int(state.step) != step:
       errors.append(f"step {step}: holds step {int(state.step)}")
       continue

@@ -160,16 +160,19 @@ def checkpoint_path(workdir: str, step: Optional[int]) -> tuple[ml_collections.C
   return config, step, storage.absolute(storage.join(folder, str(step), "default"))
 
 
-def restore_parts(path: str, keys: tuple[str, ...]) -> dict:
+def restore_parts(path: str, keys: Optional[tuple[str, ...]] = None) -> dict:
   """{key: the TrainState field `key` as host arrays} of the checkpoint at `path`; the
-  rest (optimizer state, bank, ...) is not read. CheckpointError if it cannot be."""
+  rest (optimizer state, bank, ...) is not read (keys None: every field).
+  Needs no devices and reads a checkpoint any device count or process count
+  wrote. A sharded run's bank keeps its zero padding rows past N
+  (`mapping.to_saved`). CheckpointError if it cannot be read."""
   import orbax.checkpoint as ocp
   try:
     from etils import epath
     saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
     target = {k: jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), saved[k],
                                         is_leaf=lambda x: hasattr(x, "shape"))
-              for k in keys}
+              for k in (keys or tuple(saved))}
     # Partial restore into host arrays: no devices.
     return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
         item=target, partial_restore=True,

@@ -45,6 +45,9 @@ def bank_arrays(workdir: str, step=None, log=print) -> dict:
     raise ValueError(f"{workdir} trained {config.method}, which keeps no memory bank; "
                      f"python -m ssl_jax.embed embeds its training images instead.")
   bank = encoder_lib.restore_parts(path, ("bank",))["bank"]
+  info = storage.join(workdir, "run_info.json")
+  if storage.exists(info):   # a sharded run saves zero padding rows past N (mapping.to_saved)
+    bank = bank[:storage.read_json(info)["num_train_examples"]]
   names = instances.training_instances(config, len(bank), log)
   return {"z": np.asarray(bank, np.float32), "index": np.arange(len(bank), dtype=np.int64),
           **names, "step": np.asarray(step), "ignored": np.asarray(0),

@@ -145,10 +145,10 @@ class Loop:
       self.fetch_and_log()
     else:
       window = self.open_window()
-    saved = builders.host_state(self.config, self.state, self.train.num_examples)
+    saved = builders.saved_state(self.config, self.state, self.train.num_examples)
     try:
       if self.step % self.steps_per_epoch and self.is_main:
-        # host_state waited for the step, so this is the epoch's time so far.
+        # saved_state waited for the step, so this is the epoch's time so far.
         run_files.record_epoch_time(self.workdir, self.step, *self.epoch_seconds(),
                                     metric_sums=window)
       # Every record up to this step is durable before the checkpoint that keeps

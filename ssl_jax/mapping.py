@@ -14,18 +14,27 @@ on global device k.
   each call; batches become global arrays with
   `jax.make_array_from_process_local_data`. Inside, each device sees its own
   row, so the per-replica function runs unchanged.
+
+Checkpoints of a mesh run are written from the saved form (`to_saved`):
+every leaf at its own shape, replicated over the mesh, except a sharded bank,
+a global [D n, d] array of row blocks (device k's rows, as in the step), so
+each process writes and restores only its own rows and nothing gathers the
+bank. `from_saved` is the way back; `saved_template` what a restore reads
+into, for any device count (the bank's zero padding rows are cut or added).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssl_jax import devices
+from ssl_jax import sharded_bank
 
 PARALLEL = ("mesh", "pmap")
 
@@ -39,6 +48,11 @@ def global_sharding() -> NamedSharding:
 def _is_global(x: Any, sharding: NamedSharding) -> bool:
   return (isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
           and x.sharding.mesh.devices.size == sharding.mesh.devices.size)
+
+
+def is_global(x: Any) -> bool:
+  """Whether x is an array over every device of every process (a mesh run's)."""
+  return _is_global(x, global_sharding())
 
 
 def to_global(tree: Any, sharding: Optional[NamedSharding] = None) -> Any:
@@ -76,6 +90,71 @@ def to_local(tree: Any) -> Any:
     return jax.make_array_from_single_device_arrays(
         (len(shards), *x.shape[1:]), local, [s.data for s in shards])
   return jax.tree_util.tree_map(one, tree)
+
+
+def _saved_specs(tree: Any, bank_sharded: bool) -> Any:
+  """P() (replicated) for every leaf of a TrainState, P(AXIS) for a sharded bank."""
+  specs = jax.tree_util.tree_map(lambda _: P(), tree)
+  return specs.replace(bank=P(devices.AXIS)) if bank_sharded else specs
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_program(mesh: jax.sharding.Mesh, treedef, bank_sharded: bool, saving: bool):
+  """The global program between the step's [D, ...] layout and the saved form.
+
+  Built with shard_map, so each device only reads or writes its own buffers:
+  no collective, no data moves between devices (a replicated leaf's rows are
+  equal by construction, which check_vma=False lets shard_map trust).
+  """
+  specs = _saved_specs(jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves),
+                       bank_sharded)
+  if saving:
+    return jax.jit(jax.shard_map(
+        lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree), mesh=mesh,
+        in_specs=P(devices.AXIS), out_specs=specs, check_vma=False))
+  return jax.jit(jax.shard_map(
+      lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree), mesh=mesh,
+      in_specs=(specs,), out_specs=P(devices.AXIS), check_vma=False), donate_argnums=0)
+
+
+def to_saved(state: Any, bank_sharded: bool) -> Any:
+  """A global step-layout TrainState ([D, ...] leaves) -> its saved form, on the devices.
+
+  Every leaf [D, ...] -> [...] replicated; a sharded bank [D, n, d] -> [D n, d]
+  row-sharded (zero rows past N pad the last blocks, `sharded_bank.split_bank`).
+  A copy: the state keeps training. Every process calls it at the same step.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(state)
+  mesh = leaves[0].sharding.mesh
+  return _layout_program(mesh, treedef, bank_sharded, True)(state)
+
+
+def from_saved(saved: Any, bank_sharded: bool) -> Any:
+  """The inverse of `to_saved` (donating `saved`): the step's global [D, ...] state."""
+  leaves, treedef = jax.tree_util.tree_flatten(saved)
+  mesh = leaves[0].sharding.mesh
+  return _layout_program(mesh, treedef, bank_sharded, False)(saved)
+
+
+def saved_template(abstract: Any, bank_sharded: bool,
+                   sharding: Optional[NamedSharding] = None) -> Any:
+  """The restore target of a mesh run: `abstract`'s leaves (true shapes, e.g.
+  `builders.abstract_state`) as jax.ShapeDtypeStruct with the saved form's
+  shardings over `sharding`'s mesh (default: every device). A sharded bank
+  [N, d] becomes [D n, d] for this run's D; each process then reads only its
+  rows (a checkpoint written on another device count is cut or zero-padded
+  to it: `checkpoint.restore_latest`)."""
+  mesh = (sharding or global_sharding()).mesh
+  specs = _saved_specs(abstract, bank_sharded)
+  template = jax.tree_util.tree_map(
+      lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec)),
+      abstract, specs)
+  if bank_sharded:
+    n, d = abstract.bank.shape
+    rows = mesh.devices.size * sharded_bank.shard_rows(n, mesh.devices.size)
+    template = template.replace(bank=jax.ShapeDtypeStruct(
+        (rows, d), abstract.bank.dtype, sharding=template.bank.sharding))
+  return template
 
 
 class MeshStep:

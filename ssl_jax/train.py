@@ -161,11 +161,20 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   aug_cfg = builders.augment_config(config)
   p_eval = evaluate.make_embed_fn(model, aug_cfg)
 
-  manager = checkpoint.create_manager(workdir, config.keep_checkpoints, cleanup=True)
+  parallel = config.get("parallel", "pmap")
+  # Several processes save asynchronously only from the mesh's global arrays:
+  # from host copies (pmap) orbax's background barriers interleaved with the
+  # next steps' collectives differently in each process (a deadlock seen with
+  # 2 processes on gloo).
+  manager = checkpoint.create_manager(
+      workdir, config.keep_checkpoints, cleanup=True,
+      asynchronous=jax.process_count() == 1 or parallel == "mesh")
   # Shapes and dtypes only (jax.eval_shape): a resumed run never builds the
-  # fresh state, whose zero bank alone is N x d.
-  state = checkpoint.restore_latest(
-      manager, builders.abstract_state(config, model, tx, train.num_examples), log)
+  # fresh state, whose zero bank alone is N x d. A mesh run restores straight
+  # into its devices, each process reading only its bank rows.
+  abstract = builders.abstract_state(config, model, tx, train.num_examples)
+  state = checkpoint.restore_latest(manager, builders.restore_target(config, abstract), log,
+                                    expected_shapes=abstract)
   init_eval_path = storage.join(workdir, "init_eval.json")
   if state is None or not storage.exists(init_eval_path):
     state = builders.init_bank(
@@ -189,12 +198,11 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     run_files.write_run_info(workdir, config, train.num_examples)
 
   step_fn = builders.make_train_step(config, model, tx, total_steps, train.num_examples)
-  parallel = config.get("parallel", "pmap")
   p_train_step = mapped_step(step_fn, steps_per_epoch, on_device, parallel)
   resident = builders.resident_split(train) if on_device else None
-  state = builders.place_state(config, state)
-  if parallel == "mesh":   # one global array per leaf from here on; the step returns such
-    state = mapping.to_global(state)
+  # For the mesh, one global array per leaf from here on; the step returns such.
+  state = builders.step_state(config, state)
+  if parallel == "mesh":
     resident = mapping.to_global(resident)
   step = int(devices.unreplicate(state.step))
   host_augment = None if config.augment.on_device else builders.make_host_augment(

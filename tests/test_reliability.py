@@ -188,18 +188,25 @@ def test_a_checkpoint_of_another_structure_stops_and_moves_nothing(reference_run
 
 
 @needs_cifar10
-@pytest.mark.parametrize("saved_on,resumed_on", [(4, 2), (2, 4)])
-def test_a_checkpoint_resumes_on_another_device_count(tmp_path, saved_on, resumed_on):
-  """A sharded bank saved on one device count is cut into the other's shards on resume
-  (checkpoints hold the whole bank), and the run ends where an unbroken run on the
-  second count does. The global batches depend on (seed, epoch, data shards) only;
-  the device count changes the order of float sums, so the comparison is to float
-  tolerance (small steps keep the training from amplifying it)."""
-  small = ("--config.bank.sharded=True", "--config.optim.base_lr=0.02", "--config.bank.lr=1.0")
+@pytest.mark.parametrize("saved_on,resumed_on,fraction", [(4, 2, 0.01), (2, 4, 0.01002)],
+                         ids=["4 to 2, N=500", "2 to 4, N=501"])
+def test_a_checkpoint_resumes_on_another_device_count(tmp_path, saved_on, resumed_on, fraction):
+  """A sharded bank saved on one device count is cut into the other's shards on resume,
+  and the run ends where an unbroken run on the second count does. The bank is
+  saved in its sharded form, each device's rows as they are (N=501 on 2 devices:
+  2 x 251 rows, one zero row of padding), and restored into 4 x 126 rows. The
+  global batches depend on (seed, epoch, data shards) only; the device count
+  changes the order of float sums, so the comparison is to float tolerance
+  (small steps keep the training from amplifying it)."""
+  small = ("--config.bank.sharded=True", "--config.optim.base_lr=0.02", "--config.bank.lr=1.0",
+           f"--config.data.fraction={fraction}")
   env = lambda d: dict(ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
   out = runs.run(tmp_path / "broken", *small, expect=143, env=env(saved_on),
                  STOP_AT="SIGTERM@10")
   assert "checkpoint saved at step 10" in out
+  n = round(50_000 * fraction)
+  saved = checkpoint.create_manager(str(tmp_path / "broken")).item_metadata(10).tree
+  assert saved["bank"].shape[0] == saved_on * -(-n // saved_on), saved["bank"].shape
   out = runs.run(tmp_path / "broken", *small, env=env(resumed_on))
   assert "resuming from checkpoint at step 10" in out
   runs.run(tmp_path / "unbroken", *small, env=env(resumed_on))
