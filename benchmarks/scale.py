@@ -65,7 +65,7 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
   import jax.numpy as jnp
   import numpy as np
   from configs import default
-  from ssl_jax import builders, compute, evaluate, mapping, steps
+  from ssl_jax import builders, compute, devices, evaluate, mapping, steps
   from ssl_jax.evaluate import linear
 
   struct = jax.ShapeDtypeStruct
@@ -86,6 +86,12 @@ def programs(config, num_devices: int, num_train: int, num_classes: int,
   model = builders.build_model(config)
   _, tx = builders.build_optimizer(config, 1)
   state = compute.abstract_state(config, model, tx, num_train, d, d)
+  if config.get("parallel", "pmap") == "mesh":
+    # What a mesh run's checkpoint copies on the devices: the state's saved form.
+    sharding = devices.step_sharding(jax.devices()[:d])
+    placed = jax.tree_util.tree_map(lambda x: struct(x.shape, x.dtype, sharding=sharding), state)
+    out["save_layout"] = (mapping.layout_program(placed, builders.is_sharded(config), True),
+                          (placed,))
   variables = steps.variables(state)
   s = int(config.data.image_size)
   b = max(1, int(config.eval.batch_size) // d)

@@ -8,7 +8,7 @@ method's registry entry (`ssl_jax.methods`), never from its name.
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -359,8 +359,60 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
                                        process_counts=counts), **out}
 
 
+BankReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def bank_reader(config, state: TrainState, num_examples: int) -> Optional[BankReader]:
+  """What freshness reads of a per-device state's bank, without gathering it.
+
+  Returns read(ids) -> (the rows at this process's instance ids [P, d], the
+  whole bank's Gram matrix [d, d] float64; `freshness.gram`), or None for a
+  method without a bank. Replicated, or sharded on one process: this host's
+  copy (`bank_of`). Sharded over several processes: each process reads its
+  own devices' rows; only the requested rows (P d values) and one Gram
+  matrix per process travel between processes, so every process must call
+  read at the same point.
+  """
+  if not methods.get(config.method).uses_bank:
+    return None
+  if not is_sharded(config) or jax.process_count() == 1:
+    def read_host_copy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+      bank = bank_of(config, state, num_examples)
+      return bank[ids], freshness.gram(bank)
+    return read_host_copy
+
+  def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    shards = sorted(state.bank.addressable_shards, key=lambda s: s.index[0].start or 0)
+    blocks = {s.index[0].start or 0: np.asarray(s.data)[0] for s in shards}  # device k: [n, d]
+    n, processes, me = state.bank.shape[1], jax.process_count(), jax.process_index()
+    held = devices.gather_processes(np.asarray(sorted(blocks)), [len(blocks)] * processes)
+    block_owner = np.empty(len(held), np.int64)
+    block_owner[held] = np.repeat(np.arange(processes), len(blocks))
+    local_gram = sum(freshness.gram(b) for b in blocks.values())
+    # Sent as raw 32-bit words: without jax_enable_x64 a float64 array would
+    # travel (and be summed) as float32.
+    words = devices.gather_processes(local_gram.view(np.uint32)[None], [1] * processes)
+    g = np.ascontiguousarray(words).view(np.float64).sum(axis=0)
+    ids = np.asarray(ids, np.int32)
+    counts = devices.gather_processes(np.asarray([len(ids)], np.int32), [1] * processes)
+    wanted = devices.gather_processes(ids, counts.tolist()).astype(np.int64)  # everyone's, in order
+    owner = block_owner[wanted // n]
+    order = np.argsort(owner, kind="stable")                  # grouped by the process holding them
+    mine = [i for i in wanted[order] if block_owner[i // n] == me]
+    d, dtype = blocks[min(blocks)].shape[1], blocks[min(blocks)].dtype
+    rows = (np.stack([blocks[i // n][i % n] for i in mine]) if mine
+            else np.zeros((0, d), dtype))
+    everyone = np.empty((len(wanted), d), dtype)
+    everyone[order] = devices.gather_processes(
+        rows, np.bincount(owner, minlength=processes).tolist())
+    start = int(counts[:me].sum())
+    return everyone[start:start + len(ids)], g
+  return read
+
+
 def bank_freshness(config, p_eval, state_variables, train: data_lib.Split,
-                   bank: Optional[np.ndarray], step: int, steps_per_epoch: int) -> dict:
+                   bank: Optional[np.ndarray | BankReader], step: int,
+                   steps_per_epoch: int) -> dict:
   """How fresh the bank is at `step`, against the network of `state_variables`.
 
   Embeds the seeded probe set of `config.eval.freshness_probe` training
@@ -368,20 +420,23 @@ def bank_freshness(config, p_eval, state_variables, train: data_lib.Split,
   (`evaluate.freshness`): {'bank_cos_mean', 'bank_cos_p5',
   'bank_effective_rank'} and, for the momentum rule,
   {'bank_steps_since_write_mean', 'bank_steps_since_write_max'}. {} without
-  a bank (bank: the host copy [N, d], `bank_of`) or with a probe of size 0.
+  a bank or with a probe of size 0. bank: a host copy [N, d], or a
+  `bank_reader`'s read (then every process calls this at the same point).
   """
   size = int(config.eval.get("freshness_probe", 0))
   if bank is None or size <= 0:
     return {}
+  read = bank if callable(bank) else (lambda ids: (bank[ids], freshness.gram(bank)))
   probe = freshness.probe_split(train, size)
   nd = jax.local_device_count()
   z, = evaluate.extract_features(p_eval, state_variables, probe, batch_size=config.eval.batch_size,
                                  num_devices=nd, desc="embedding the bank's probe set",
                                  keep=("z",))
-  cos = evaluate.gather_rows(freshness.cosines(bank[probe.source_index], z), probe)
+  rows, g = read(probe.source_index)
+  cos = evaluate.gather_rows(freshness.cosines(rows, z), probe)
   out = {"bank_cos_mean": float(np.mean(cos)),
          "bank_cos_p5": float(np.percentile(cos, freshness.PERCENTILE)),
-         "bank_effective_rank": freshness.effective_rank(bank)}
+         "bank_effective_rank": freshness.rank_of_gram(g)}
   if config.bank.update_rule == "momentum":
     epoch = max(step - 1, 0) // steps_per_epoch
     tables = {e: data_lib.epoch_indices(train.layout, global_batch=int(config.batch_size),

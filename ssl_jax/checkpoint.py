@@ -149,11 +149,12 @@ def leaf_specs(tree, is_leaf=None) -> dict[str, tuple]:
 
 def padded_rows(rows: int, num_examples: int) -> bool:
   """Whether a saved bank of `rows` rows is an N-row bank, or one in a sharded run's
-  saved form: D blocks of ceil(N / D) rows for some device count D, which
-  pads N with fewer than D zero rows."""
+  saved form: D blocks of ceil(N / D) rows for some device count D <= N (up
+  to 65,536), which pads N with fewer than D zero rows. (A checkpoint of
+  another dataset is refused before this, by run_info.json's N.)"""
   pad = rows - num_examples
   return pad == 0 or (pad > 0 and any(d * -(-num_examples // d) == rows
-                                      for d in range(pad + 1, min(rows, 1 << 16) + 1)))
+                                      for d in range(pad + 1, min(num_examples, 1 << 16) + 1)))
 
 
 def _same_leaf(key: str, saved: tuple, expected: tuple) -> bool:

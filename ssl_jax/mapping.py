@@ -117,6 +117,13 @@ def _layout_program(mesh: jax.sharding.Mesh, treedef, bank_sharded: bool, saving
       in_specs=(specs,), out_specs=P(devices.AXIS), check_vma=False), donate_argnums=0)
 
 
+def layout_program(tree: Any, bank_sharded: bool, saving: bool) -> Callable:
+  """The jitted program `to_saved` (saving) or `from_saved` runs for `tree`: global
+  arrays or jax.ShapeDtypeStruct with shardings (benchmarks/scale.py lowers it)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return _layout_program(leaves[0].sharding.mesh, treedef, bank_sharded, saving)
+
+
 def to_saved(state: Any, bank_sharded: bool) -> Any:
   """A global step-layout TrainState ([D, ...] leaves) -> its saved form, on the devices.
 
@@ -124,16 +131,12 @@ def to_saved(state: Any, bank_sharded: bool) -> Any:
   row-sharded (zero rows past N pad the last blocks, `sharded_bank.split_bank`).
   A copy: the state keeps training. Every process calls it at the same step.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(state)
-  mesh = leaves[0].sharding.mesh
-  return _layout_program(mesh, treedef, bank_sharded, True)(state)
+  return layout_program(state, bank_sharded, True)(state)
 
 
 def from_saved(saved: Any, bank_sharded: bool) -> Any:
   """The inverse of `to_saved` (donating `saved`): the step's global [D, ...] state."""
-  leaves, treedef = jax.tree_util.tree_flatten(saved)
-  mesh = leaves[0].sharding.mesh
-  return _layout_program(mesh, treedef, bank_sharded, False)(saved)
+  return layout_program(saved, bank_sharded, False)(saved)
 
 
 def saved_template(abstract: Any, bank_sharded: bool,

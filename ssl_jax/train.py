@@ -279,14 +279,17 @@ def _end_epoch(loop: Loop, p_eval, test, num_classes: int, inputs: inputs_lib.Ep
   if (config.eval.every_epochs and epoch_done % config.eval.every_epochs == 0
       and epoch_done < config.num_epochs):
     from_bank = config.eval.get("knn_source", "embed") == "bank"
-    bank = (builders.bank_of(config, loop.state, loop.train.num_examples)
-            if from_bank or config.eval.get("freshness_probe", 0) else None)
+    # The whole bank on every host only for kNN against it; freshness reads
+    # its probe rows and Gram matrix (a sharded bank is not gathered for it).
+    bank = builders.bank_of(config, loop.state, loop.train.num_examples) if from_bank else None
     knn = builders.run_evaluation(
         config, p_eval, eval_variables(loop.state), loop.train, test, num_classes,
-        linear=False, test_only=from_bank, bank=bank if from_bank else None)
-    knn.update(builders.bank_freshness(config, p_eval, eval_variables(loop.state), loop.train,
-                                       bank, loop.step, loop.steps_per_epoch))
+        linear=False, test_only=from_bank, bank=bank)
     del bank
+    knn.update(builders.bank_freshness(
+        config, p_eval, eval_variables(loop.state), loop.train,
+        builders.bank_reader(config, loop.state, loop.train.num_examples), loop.step,
+        loop.steps_per_epoch))
     record.update(knn)
     if loop.is_main:
       print(f"epoch {epoch_done}: kNN top-1 "
@@ -315,9 +318,10 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   final = builders.run_evaluation(
       config, p_eval, eval_variables(loop.state), loop.train, test, num_classes, linear=True,
       bank=bank)
-  final.update(builders.bank_freshness(config, p_eval, eval_variables(loop.state), loop.train,
-                                       bank, loop.step, spe))
   del bank
+  final.update(builders.bank_freshness(
+      config, p_eval, eval_variables(loop.state), loop.train,
+      builders.bank_reader(config, loop.state, loop.train.num_examples), loop.step, spe))
   if line := reporting.freshness_line(final):
     log(line)
   # Seconds per step without compilation: the first epoch of each process pays

@@ -148,3 +148,63 @@ def test_processes_agree_on_a_stop_only_every_check_interval(monkeypatch):
 
 def test_any_process_with_one_process_is_the_flag_itself():
   assert devices.any_process(True) is True and devices.any_process(False) is False
+
+
+def _toy_state(n: int, d: int = 3):
+  """A host TrainState with a bank of n distinct rows."""
+  from ssl_jax.state import TrainState
+  return TrainState(step=np.int32(7), params={"w": np.arange(4, dtype=np.float32).reshape(2, 2)},
+                    batch_stats={}, opt_state=(np.full(2, 0.5, np.float32),),
+                    bank=np.arange(1, n * d + 1, dtype=np.float32).reshape(n, d),
+                    rng=np.array([1, 2], np.uint32))
+
+
+@pytest.mark.parametrize("n", [12, 10, 3], ids=["N=12", "N=10", "N=3"])
+def test_the_saved_form_round_trips_on_every_device_count_without_a_collective(tmp_path, n):
+  """to_saved: replicated leaves at their own shape, the sharded bank as [D n, d] row
+  blocks (zero padding past N); a checkpoint of it restores on 1 to 4 devices,
+  and as host arrays (cut to N). The layout programs move no data between
+  devices: no collective in their compiled text."""
+  from ssl_jax import checkpoint, sharded_bank
+  host = _toy_state(n)
+  config = tiny_config(**{"bank.sharded": True})
+  four = mapping.to_global(builders.place_state(config, host))
+  saved = mapping.to_saved(four, True)
+  assert saved.bank.shape == (4 * -(-n // 4), 3) and saved.params["w"].shape == (2, 2)
+  np.testing.assert_array_equal(np.asarray(saved.bank)[:n], host.bank)
+  assert not np.asarray(saved.bank)[n:].any()
+  hlo = mapping.layout_program(four, True, True).lower(four).compile().as_text()
+  assert not any(op in hlo for op in ("all-gather", "all-reduce", "collective-permute",
+                                      "all-to-all")), "the saved form moved data"
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, saved, wait=True)
+  abstract = jax.eval_shape(lambda: host)
+  for count in (1, 2, 3, 4):
+    sharding = devices.step_sharding(jax.devices()[:count])
+    template = mapping.saved_template(abstract, True, sharding)
+    restored = checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path)), template,
+                                         expected_shapes=abstract)
+    assert restored.bank.shape == (count * -(-n // count), 3)
+    state = mapping.from_saved(restored, True)
+    assert state.bank.shape == (count, -(-n // count), 3)
+    np.testing.assert_array_equal(sharded_bank.join_bank(devices.all_rows(state.bank), n),
+                                  host.bank, err_msg=f"{count} devices")
+    rest = lambda s: (s.step, s.params, s.opt_state, s.rng)
+    for x, y in zip(jax.tree_util.tree_leaves(devices.unreplicate(rest(state))),
+                    jax.tree_util.tree_leaves(rest(host))):
+      np.testing.assert_array_equal(x, y)
+  on_host = checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path)), abstract)
+  np.testing.assert_array_equal(on_host.bank, host.bank)
+
+
+def test_a_bank_of_other_rows_than_padding_allows_is_refused():
+  from ssl_jax import checkpoint
+  # The rows a sharded save of N rows can have on D devices, and nothing else.
+  for n in (1, 7, 500, 501):
+    allowed = {d * -(-n // d) for d in range(1, n + 1)}
+    for rows in range(n - 2, 3 * n + 3):
+      assert checkpoint.padded_rows(rows, n) == (rows in allowed), (rows, n)
+  saved = {"bank": ((504, 128), "float32")}
+  assert checkpoint.structure_difference(saved, {"bank": ((501, 128), "float32")}) is None
+  assert "bank: saved (499, 128)" in checkpoint.structure_difference(
+      {"bank": ((499, 128), "float32")}, {"bank": ((500, 128), "float32")})

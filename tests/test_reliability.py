@@ -209,6 +209,10 @@ def test_a_checkpoint_resumes_on_another_device_count(tmp_path, saved_on, resume
   assert saved["bank"].shape[0] == saved_on * -(-n // saved_on), saved["bank"].shape
   out = runs.run(tmp_path / "broken", *small, env=env(resumed_on))
   assert "resuming from checkpoint at step 10" in out
+  # The exported bank drops the padding rows again.
+  from ssl_jax import export
+  exported = export.bank_arrays(str(tmp_path / "broken"), log=lambda *a: None)
+  assert exported["z"].shape == (n, 128) and len(exported["paths"]) == n
   runs.run(tmp_path / "unbroken", *small, env=env(resumed_on))
   assert runs.summary(tmp_path / "broken")["devices"] == resumed_on
   a, b = runs.final_state(tmp_path / "broken"), runs.final_state(tmp_path / "unbroken")

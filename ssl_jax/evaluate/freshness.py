@@ -41,18 +41,30 @@ def cosines(bank_rows: np.ndarray, fresh: np.ndarray) -> np.ndarray:
   return np.sum(a * b, axis=1) / norms
 
 
+def gram(bank: np.ndarray, chunk: int = 65536) -> np.ndarray:
+  """The Gram matrix sum_i x_i x_i^T of an [N, d] bank's rows: [d, d], float64,
+  accumulated over row chunks. Zero rows (a sharded bank's padding) add nothing,
+  and the Gram matrices of row blocks add up to the whole bank's."""
+  d = bank.shape[1]
+  out = np.zeros((d, d))
+  for lo in range(0, len(bank), chunk):
+    x = np.asarray(bank[lo:lo + chunk], np.float64)
+    out += x.T @ x
+  return out
+
+
 def effective_rank(bank: np.ndarray, chunk: int = 65536) -> float:
   """exp(entropy) of the normalised singular values of an [N, d] bank (Roy & Vetterli, 2007).
 
   Between 1 (every row on one line) and d (singular values all equal).
-  From the d x d Gram matrix, accumulated over row chunks in float64.
+  From the d x d Gram matrix (`gram`).
   """
-  d = bank.shape[1]
-  gram = np.zeros((d, d))
-  for lo in range(0, len(bank), chunk):
-    x = np.asarray(bank[lo:lo + chunk], np.float64)
-    gram += x.T @ x
-  sv = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
+  return rank_of_gram(gram(bank, chunk))
+
+
+def rank_of_gram(g: np.ndarray) -> float:
+  """`effective_rank` of the bank whose Gram matrix is g [d, d]."""
+  sv = np.sqrt(np.clip(np.linalg.eigvalsh(g), 0.0, None))
   p = sv / max(sv.sum(), 1e-300)
   p = p[p > 0]
   return float(np.exp(-np.sum(p * np.log(p))))
