@@ -375,39 +375,14 @@ def bank_reader(config, state: TrainState, num_examples: int) -> Optional[BankRe
   """
   if not methods.get(config.method).uses_bank:
     return None
-  if not is_sharded(config) or jax.process_count() == 1:
-    def read_host_copy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      bank = bank_of(config, state, num_examples)
-      return bank[ids], freshness.gram(bank)
-    return read_host_copy
+  if is_sharded(config) and jax.process_count() > 1:
+    return lambda ids: freshness.read_sharded(state.bank, ids)
 
-  def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    shards = sorted(state.bank.addressable_shards, key=lambda s: s.index[0].start or 0)
-    blocks = {s.index[0].start or 0: np.asarray(s.data)[0] for s in shards}  # device k: [n, d]
-    n, processes, me = state.bank.shape[1], jax.process_count(), jax.process_index()
-    held = devices.gather_processes(np.asarray(sorted(blocks)), [len(blocks)] * processes)
-    block_owner = np.empty(len(held), np.int64)
-    block_owner[held] = np.repeat(np.arange(processes), len(blocks))
-    local_gram = sum(freshness.gram(b) for b in blocks.values())
-    # Sent as raw 32-bit words: without jax_enable_x64 a float64 array would
-    # travel (and be summed) as float32.
-    words = devices.gather_processes(local_gram.view(np.uint32)[None], [1] * processes)
-    g = np.ascontiguousarray(words).view(np.float64).sum(axis=0)
-    ids = np.asarray(ids, np.int32)
-    counts = devices.gather_processes(np.asarray([len(ids)], np.int32), [1] * processes)
-    wanted = devices.gather_processes(ids, counts.tolist()).astype(np.int64)  # everyone's, in order
-    owner = block_owner[wanted // n]
-    order = np.argsort(owner, kind="stable")                  # grouped by the process holding them
-    mine = [i for i in wanted[order] if block_owner[i // n] == me]
-    d, dtype = blocks[min(blocks)].shape[1], blocks[min(blocks)].dtype
-    rows = (np.stack([blocks[i // n][i % n] for i in mine]) if mine
-            else np.zeros((0, d), dtype))
-    everyone = np.empty((len(wanted), d), dtype)
-    everyone[order] = devices.gather_processes(
-        rows, np.bincount(owner, minlength=processes).tolist())
-    start = int(counts[:me].sum())
-    return everyone[start:start + len(ids)], g
-  return read
+  def read_host_copy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bank = bank_of(config, state, num_examples)
+    return bank[ids], freshness.gram(bank)
+  return read_host_copy
+
 
 
 def bank_freshness(config, p_eval, state_variables, train: data_lib.Split,

@@ -11,9 +11,11 @@ percentile, and the bank's effective rank (a collapsed bank has a small one).
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from ssl_jax import data as data_lib
+from ssl_jax import devices
 
 PERCENTILE = 5
 
@@ -68,6 +70,40 @@ def rank_of_gram(g: np.ndarray) -> float:
   p = sv / max(sv.sum(), 1e-300)
   p = p[p > 0]
   return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def read_sharded(bank: jax.Array, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A bank sharded over several processes' devices ([D, n, d], device k holding rows
+  [k n, (k + 1) n)) -> (its rows at this process's instance ids [P, d], its
+  Gram matrix [d, d] float64), without gathering it.
+
+  Each process reads its own devices' rows; only the requested rows (P d
+  values in all) and one Gram matrix per process travel between processes,
+  so every process must call this at the same point.
+  """
+  shards = sorted(bank.addressable_shards, key=lambda s: s.index[0].start or 0)
+  blocks = {s.index[0].start or 0: np.asarray(s.data)[0] for s in shards}   # device k: [n, d]
+  n, processes, me = bank.shape[1], jax.process_count(), jax.process_index()
+  held = devices.gather_processes(np.asarray(sorted(blocks)), [len(blocks)] * processes)
+  block_owner = np.empty(len(held), np.int64)
+  block_owner[held] = np.repeat(np.arange(processes), len(blocks))
+  local_gram = sum(gram(b) for b in blocks.values())
+  # Sent as raw 32-bit words: without jax_enable_x64 a float64 array would
+  # travel (and be summed) as float32.
+  words = devices.gather_processes(local_gram.view(np.uint32)[None], [1] * processes)
+  g = np.ascontiguousarray(words).view(np.float64).sum(axis=0)
+  ids = np.asarray(ids, np.int32)
+  counts = devices.gather_processes(np.asarray([len(ids)], np.int32), [1] * processes)
+  wanted = devices.gather_processes(ids, counts.tolist()).astype(np.int64)  # everyone's, in order
+  owner = block_owner[wanted // n]
+  order = np.argsort(owner, kind="stable")          # grouped by the process holding them
+  mine = [i for i in wanted[order] if block_owner[i // n] == me]
+  d, dtype = blocks[min(blocks)].shape[1], blocks[min(blocks)].dtype
+  rows = np.stack([blocks[i // n][i % n] for i in mine]) if mine else np.zeros((0, d), dtype)
+  everyone = np.empty((len(wanted), d), dtype)
+  everyone[order] = devices.gather_processes(rows, np.bincount(owner, minlength=processes).tolist())
+  start = int(counts[:me].sum())
+  return everyone[start:start + len(ids)], g
 
 
 def steps_since_write(ids: np.ndarray, tables: dict[int, np.ndarray], step: int,
