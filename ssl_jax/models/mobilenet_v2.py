@@ -1,0 +1,89 @@
+"""MobileNetV2 (Sandler et al., 2018): inverted residuals with depthwise convolutions.
+
+The ImageNet network of the paper (and torchvision's `mobilenet_v2`): a
+stride-2 3x3 stem, seven stages of inverted-residual blocks (expand 1x1,
+depthwise 3x3, linear project 1x1; a skip where shapes allow), a 1x1 conv
+to 1280 channels and global average pooling. The width multiplier scales
+every channel count (rounded to multiples of 8, as torchvision does); the
+last conv keeps at least 1280 channels. The CIFAR stem ("cifar") keeps full
+resolution longer for 32 px images: stride 1 in the stem and in the second
+stage (total stride 8 instead of 32), as the usual CIFAR ports do.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (expansion t, channels c, blocks n, first stride s) per stage, from the paper's Table 2.
+STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+          (6, 160, 3, 2), (6, 320, 1, 1))
+STEM_CHANNELS, LAST_CHANNELS = 32, 1280
+
+
+def divisible(value: float, divisor: int = 8) -> int:
+  """Channels rounded to a multiple of `divisor`, never below 90% of `value`
+  (torchvision's `_make_divisible`)."""
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def feature_width(width: float) -> int:
+  """h's width: the last 1x1 conv's channels."""
+  return divisible(LAST_CHANNELS * max(1.0, width))
+
+
+class InvertedResidual(nn.Module):
+  """1x1 expand -> BN -> ReLU6 -> depthwise 3x3 -> BN -> ReLU6 -> 1x1 project -> BN."""
+  out: int
+  strides: int
+  expansion: int
+  norm: Any
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    hidden = int(round(x.shape[-1] * self.expansion))
+    y = x
+    if self.expansion != 1:
+      y = nn.relu6(self.norm()(conv(hidden, (1, 1))(y)))
+    y = conv(hidden, (3, 3), self.strides, padding=1, feature_group_count=hidden)(y)
+    y = nn.relu6(self.norm()(y))
+    y = self.norm()(conv(self.out, (1, 1))(y))
+    if self.strides == 1 and x.shape[-1] == self.out:
+      return x + y
+    return y
+
+
+class MobileNetV2(nn.Module):
+  """Backbone: images [B, H, W, 3] -> pooled features h [B, feature_width(width)] (float32)."""
+  width: float = 1.0
+  stem: str = "imagenet"
+  dtype: Any = jnp.float32
+  # Under pmap/shard_map, the data axis name: BatchNorm statistics of the global batch.
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        dtype=self.dtype, axis_name=self.bn_axis_name if train else None)
+    cifar = self.stem == "cifar"
+    x = x.astype(self.dtype)
+    x = nn.Conv(divisible(STEM_CHANNELS * self.width), (3, 3), 1 if cifar else 2, padding=1,
+                use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu6(norm()(x))
+    for i, (t, c, n, s) in enumerate(STAGES):
+      if cifar and i == 1:
+        s = 1
+      for j in range(n):
+        x = InvertedResidual(divisible(c * self.width), s if j == 0 else 1, t, norm,
+                             self.dtype)(x)
+    x = nn.Conv(feature_width(self.width), (1, 1), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu6(norm()(x))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
