@@ -204,7 +204,7 @@ def saved_state(config, state: TrainState, num_examples: int) -> TrainState:
   (`mapping.to_saved`: each process then writes only the bank rows it
   holds); a pmap run's -> one host copy (`host_state`).
   """
-  if isinstance(state.step, jax.Array) and mapping.is_global(state.step):
+  if mapping.is_global(state.step):
     saved = mapping.to_saved(state, is_sharded(config))
   else:
     saved = host_state(config, state, num_examples)
@@ -225,7 +225,7 @@ def step_state(config, state: TrainState) -> TrainState:
   a mesh run's restored saved form through `mapping.from_saved`, host state
   through `place_state` (then global arrays for the mesh)."""
   mesh = config.get("parallel", "pmap") == "mesh"
-  if mesh and isinstance(state.step, jax.Array) and mapping.is_global(state.step):
+  if mesh and mapping.is_global(state.step):
     return mapping.from_saved(state, is_sharded(config))
   state = place_state(config, state)
   return mapping.to_global(state) if mesh else state

@@ -98,7 +98,7 @@ def read_sharded(bank: jax.Array, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
   owner = block_owner[wanted // n]
   order = np.argsort(owner, kind="stable")          # grouped by the process holding them
   mine = [i for i in wanted[order] if block_owner[i // n] == me]
-  d, dtype = blocks[min(blocks)].shape[1], blocks[min(blocks)].dtype
+  d, dtype = bank.shape[-1], blocks[min(blocks)].dtype
   rows = np.stack([blocks[i // n][i % n] for i in mine]) if mine else np.zeros((0, d), dtype)
   everyone = np.empty((len(wanted), d), dtype)
   everyone[order] = devices.gather_processes(rows, np.bincount(owner, minlength=processes).tolist())

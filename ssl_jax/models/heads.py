@@ -1,4 +1,5 @@
-"""The heads every backbone shares: z = normalize(P h), SimCLR's MLP, BYOL's predictor.
+"""What every backbone shares: its BatchNorm, and the heads z = normalize(P h), SimCLR's
+MLP, BYOL's predictor.
 
 The Encoder wraps any registered backbone (`ssl_jax.models`): a flax module
 with `dtype` and `bn_axis_name` fields mapping images [B, H, W, 3] to
@@ -7,11 +8,20 @@ features h [B, D] (float32).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: Optional[str]) -> Callable[..., nn.BatchNorm]:
+  """The backbones' BatchNorm constructor. In training, with `axis_name` (the data
+  axis), it normalises with the global batch's statistics, so a step is the
+  same whatever the device count; at evaluation, with the running averages."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, dtype=dtype, axis_name=axis_name if train else None)
 
 
 class MLP(nn.Module):

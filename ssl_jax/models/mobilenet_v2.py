@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.models.heads import batch_norm
+
 # (expansion t, channels c, blocks n, first stride s) per stage, from the paper's Table 2.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
           (6, 160, 3, 2), (6, 320, 1, 1))
@@ -70,9 +72,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        dtype=self.dtype, axis_name=self.bn_axis_name if train else None)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
     cifar = self.stem == "cifar"
     x = x.astype(self.dtype)
     x = nn.Conv(divisible(STEM_CHANNELS * self.width), (3, 3), 1 if cifar else 2, padding=1,

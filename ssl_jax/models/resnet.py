@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.models.heads import batch_norm
+
 STAGES = {
     "resnet10": ((1, 1, 1, 1), "basic"),
     "resnet18": ((2, 2, 2, 2), "basic"),
@@ -71,9 +73,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        dtype=self.dtype, axis_name=self.bn_axis_name if train else None)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
     block = BasicBlock if self.block == "basic" else Bottleneck
     base = max(8, int(round(64 * self.width)))
     x = x.astype(self.dtype)
