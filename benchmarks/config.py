@@ -2,6 +2,7 @@
 
     python -m benchmarks.run --config benchmarks/config.py:cpu
     python -m benchmarks.run --config benchmarks/config.py:gpu
+    python -m benchmarks.run --config benchmarks/config.py:cpu_backbones   (the backbone axis)
     python -m benchmarks.run --config benchmarks/config.py:gpu_core   (experiments/gpu.sh)
     python -m benchmarks.run --config benchmarks/config.py:smoke      (toy sizes)
 
@@ -39,7 +40,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.grid = (("resnet18", 1.0, 512, ALL, (True, False)),
               ("resnet18", 1.0, 256, ("ours", "simclr"), (True,)),
               ("resnet18", 1.0, 1024, ("ours", "simclr"), (True,)),
-              ("resnet50", 1.0, 512, ("ours", "simclr"), (True,)))
+              ("resnet50", 1.0, 512, ("ours", "simclr"), (True,)),
+              # The backbone axis at full width: 32 px images, ViTs with 4 px patches.
+              ("mobilenet_v2", 1.0, 512, ("ours", "simclr"), (True,)),
+              ("vit_small", 1.0, 512, ("ours", "simclr"), (True,)))
     c.dtype = "bfloat16"
     c.warmup_steps = 3
     c.timed_steps = 20
@@ -47,6 +51,19 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.bank_sizes = (10_000, 100_000, 1_281_167, 10_000_000)
     c.bank_memory_limit_gb = 60.0
     c.epoch_images = 50_000
+  elif preset == "cpu_backbones":
+    # The backbone axis on a 2-core CPU, in about 5 minutes: ours and SimCLR on
+    # the three backbones of experiments/model_efficiency's arch preset, of
+    # about equal forward FLOPs on 32 px images (the ViT with 4 px patches).
+    c.grid = tuple((name, width, 128, ("ours", "simclr"), (True,)) for name, width in
+                   (("resnet18", 0.25), ("mobilenet_v2", 0.5), ("vit_tiny", 0.25)))
+    c.dtype = "float32"
+    c.warmup_steps = 1
+    c.timed_steps = 3
+    c.matmul_size = 2048
+    c.bank_sizes = ()
+    c.bank_memory_limit_gb = 12.0
+    c.epoch_images = 0
   elif preset == "gpu_core":
     # The rows experiments/gpu.sh takes, in about 3 minutes of one GPU: each
     # method's step at ResNet-18 / batch 512 / bf16, both bank passes, the peak,
@@ -74,7 +91,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.bank_rows = 1_000
     c.epoch_images = 0
   else:
-    raise ValueError(f"preset must be 'cpu', 'gpu', 'gpu_core' or 'smoke', got {preset!r}.")
+    raise ValueError(f"preset must be 'cpu', 'cpu_backbones', 'gpu', 'gpu_core' or 'smoke', "
+                     f"got {preset!r}.")
   c.results = f"benchmarks/results/{preset}"   # writes <results>.json and <results>.md
   c.data_source = ""            # '' = the shared CIFAR-10 archive (or TFDS cifar10)
   return c

@@ -81,6 +81,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.model.dtype = "float32"    # "bfloat16": bf16 compute, float32 params, bank and loss
   config.model.head = "linear"      # projection P: "linear" (METHOD.md) or "mlp"
   config.model.head_hidden = 2048   # hidden width of an MLP head (and of BYOL's predictor)
+  # ViT only (each backbone reads its own fields, README "Add a backbone"):
+  config.model.patch_size = 4       # pixels per patch side: 4 for 32 px images, 16 for 224 px
+  config.model.pool = "cls"         # h: the class token's output, or "gap" (mean of the patches)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.temperature = 0.1

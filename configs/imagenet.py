@@ -45,6 +45,7 @@ def get_config(method: str = "ours"):
 
   config.model.name = "resnet50"
   config.model.stem = "imagenet"
+  config.model.patch_size = 16      # for --config.model.name=vit_small (ViT-S/16)
   config.model.dtype = "bfloat16"
   config.augment.crop_scale = (0.08, 1.0)
   config.augment.blur_prob = 0.5

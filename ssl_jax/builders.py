@@ -45,6 +45,7 @@ def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
   return models.create_encoder(
       m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim, dtype=m.dtype,
       bn_axis_name=bn_axis_name, head=m.head, head_hidden=m.head_hidden,
+      patch_size=m.get("patch_size", 4), pool=m.get("pool", "cls"),
       **methods.get(config.method).model_options(config))
 
 
@@ -151,8 +152,10 @@ def init_bank(config, state: TrainState, train: data_lib.Split, log=print) -> Tr
   if config.bank.init == "random":
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     return state.replace(bank=bank_lib.random_bank(key, n, d, dtype=bank_dtype(config)))
-  log(f"calibrating the bank: one forward pass of the untrained network over {n} images "
-      f"(BatchNorm in {config.bank.calibrate_bn} mode)")
+  # bank.calibrate_bn matters only where the encoder has BatchNorm (not a ViT with
+  # a linear head, say).
+  mode = f" (BatchNorm in {config.bank.calibrate_bn} mode)" if state.batch_stats else ""
+  log(f"calibrating the bank: one forward pass of the untrained network over {n} images{mode}")
   # Every process embeds its own rows, keeping only the d-dim z (not the
   # backbone's features); gathered, they are the whole bank, in instance
   # order, on every process.

@@ -1,16 +1,19 @@
-"""Optimizers from optax: SGD with momentum or LARS, cosine schedule with warmup."""
+"""Optimizers from optax: SGD with momentum, LARS or AdamW; cosine schedule with warmup."""
 
 from __future__ import annotations
 
 import jax
 import optax
 
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def _decay_mask(params):
-  # Weight decay (and LARS trust ratios) on kernels only, not on biases or BN.
-  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+  # Weight decay (and LARS trust ratios) on the conv and dense kernels only: not
+  # on biases (attention's are 2-d), norms, a ViT's position embedding or class
+  # token. For the convnets this is exactly the leaves of more than one dimension.
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def learning_rate_schedule(optim_cfg, global_batch: int, steps_per_epoch: int,
@@ -23,7 +26,11 @@ def learning_rate_schedule(optim_cfg, global_batch: int, steps_per_epoch: int,
 
 
 def create_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD(momentum, nesterov off) with decoupled-from-BN weight decay, or LARS."""
+  """SGD(momentum, nesterov off) with weight decay on kernels, LARS, or AdamW.
+
+  AdamW (the ViTs' usual optimizer, `models.Backbone.optim`) takes optax's
+  betas (0.9, 0.999) and decays kernels only; optim.momentum is unused there.
+  """
   name = optim_cfg.name
   if name == "sgd":
     return optax.chain(
@@ -33,4 +40,6 @@ def create_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTrans
     return optax.lars(schedule, weight_decay=optim_cfg.weight_decay,
                       weight_decay_mask=_decay_mask, trust_ratio_mask=_decay_mask,
                       momentum=optim_cfg.momentum)
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=optim_cfg.weight_decay, mask=_decay_mask)
   raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}, got {name!r}.")

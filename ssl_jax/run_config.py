@@ -38,7 +38,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   allowed("loss.kl_direction", config.loss.kl_direction, ("q_p", "p_q"))
   allowed("optim.name", config.optim.name, optim.OPTIMIZERS)
   allowed("model.name", config.model.name, models.names())
-  allowed("model.stem", config.model.stem, models.get(config.model.name).stems)
+  backbone = models.get(config.model.name)
+  if "stem" in backbone.fields:
+    allowed("model.stem", config.model.stem, backbone.stems)
+  if "pool" in backbone.fields:
+    allowed("model.pool", config.model.get("pool", "cls"), models.POOLS)
+  if "patch_size" in backbone.fields:
+    patch, size = config.model.get("patch_size", 4), int(config.data.image_size)
+    if not (isinstance(patch, int) and patch > 0 and size % patch == 0):
+      raise ConfigError(f"config.model.patch_size must be a positive divisor of "
+                        f"config.data.image_size ({size}), got {patch!r}.")
   allowed("model.dtype", config.model.dtype, ("float32", "bfloat16"))
   allowed("model.head", config.model.head, models.HEADS)
   data_lib.parse_source(config.data.source)
@@ -168,6 +177,23 @@ def bank_lr_note(config: ml_collections.ConfigDict) -> Optional[str]:
   return (f"note: bank.lr = {config.bank.lr:g} is {ratio:.2g}x the configs' rule B * tau / 2 = "
           f"{rule:g} for batch {config.batch_size} and temperature {config.loss.temperature:g} "
           f"(4x was unstable in experiments/ablation); --config.bank.lr={rule:g} follows it.")
+
+
+def optim_note(config: ml_collections.ConfigDict) -> Optional[str]:
+  """A line for a run whose optimizer is not the one its backbone is usually trained with.
+
+  Each backbone states its usual `config.optim` settings (`models.Backbone.optim`:
+  SGD for the ResNets and MobileNetV2, AdamW for the ViTs); the run uses
+  what the config says and this note names the overrides that would follow them.
+  """
+  backbone = models.get(config.model.name)
+  usual = dict(backbone.optim)
+  if config.optim.name == usual["name"]:
+    return None
+  overrides = " ".join(f"--config.optim.{k}={v}" for k, v in usual.items())
+  return (f"note: {backbone.name} is usually trained with optim.name={usual['name']!r}, this "
+          f"run uses {config.optim.name!r}; {overrides} follows the backbone's usual recipe "
+          f"(README, 'Add a backbone').")
 
 
 def warmup_note(config: ml_collections.ConfigDict) -> Optional[str]:

@@ -31,7 +31,7 @@ from ssl_jax.run_config import ConfigError, num_shards
 # only be resumed by a config that agrees on all of them.
 RESUME_FIELDS = ("method", "seed", "batch_size", "data.source", "data.train_split",
                  "data.fraction", "data.subset_seed", "data.image_size", "model.name",
-                 "model.stem", "model.width", "model.embed_dim")
+                 "model.stem", "model.width", "model.embed_dim", "model.patch_size", "model.pool")
 # Also the number of data shards (it fixes the data order), but as resolved:
 # a 2-process run with shards=0 resumes in 1 process with shards=2.
 

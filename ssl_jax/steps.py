@@ -89,7 +89,7 @@ def cotangent_step(state: TrainState, images: jax.Array, idx: jax.Array, objecti
   def forward(params):
     (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                   images, train=True, mutable=["batch_stats"])
-    return z, updates["batch_stats"]
+    return z, updates.get("batch_stats", {})
 
   # Named scopes label the step's parts in a profile (config.profile_steps).
   with jax.named_scope("encoder"):

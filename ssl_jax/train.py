@@ -27,6 +27,7 @@ from ssl_jax import evaluate
 from ssl_jax import inputs as inputs_lib
 from ssl_jax import mapping
 from ssl_jax import methods
+from ssl_jax import models
 from ssl_jax import preemption
 from ssl_jax import profiling
 from ssl_jax import reporting
@@ -35,8 +36,8 @@ from ssl_jax import steps
 from ssl_jax import storage
 from ssl_jax import workdir_lock
 from ssl_jax.loop import Loop
-from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, shard_large_bank,
-                                validate_config, warmup_note)
+from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, optim_note,
+                                shard_large_bank, validate_config, warmup_note)
 
 
 def peak_memory_bytes() -> Optional[int]:
@@ -82,11 +83,12 @@ def _other_source_hint(config) -> str:
 
 def _setup_log(config, nd: int, is_main: bool):
   log = print if is_main else (lambda *a, **k: None)
-  log(f"ssl_jax: method {config.method}, {config.model.name} (width {config.model.width}, "
-      f"{config.model.stem} stem), {nd} {jax.devices()[0].platform} device(s)")
+  log(f"ssl_jax: method {config.method}, {config.model.name} ({models.describe(config.model)}), "
+      f"{nd} {jax.devices()[0].platform} device(s)")
   log(f"data source: {config.data.source} ({source_reason(config)})")
-  if note := bank_lr_note(config):
-    log(note)
+  for note in (bank_lr_note(config), optim_note(config)):
+    if note:
+      log(note)
   return log
 
 

@@ -18,10 +18,14 @@ LEARNING_ARGS = [f"--config.data.source=folder:{CIFAR10}", "--config.data.fracti
                  "--config.data.test_fraction=0.1", "--config.batch_size=128",
                  "--config.bank.lr=6.4", "--config.eval.linear_epochs=10",
                  "--config.log_every_steps=20"]
-LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 8}
-# Per-method changes to the recipe's flags (none so far; the margins file lists
-# what was tried for BYOL).
-LEARNING_OVERRIDES: dict = {}
+LEARNING_EPOCHS = {"ours": 6, "simclr": 4, "byol": 8, "ours_vit": 6}
+# Changes to the recipe's flags per learning run: "ours_vit" is ours on ViT-Ti at
+# width 1/4 with 4 px patches and its usual AdamW (the margins file lists what
+# was tried for BYOL).
+LEARNING_OVERRIDES: dict = {"ours_vit": [
+    "--config.model.name=vit_tiny", "--config.model.width=0.25", "--config.model.patch_size=4",
+    "--config.optim.name=adamw", "--config.optim.base_lr=5e-4",
+    "--config.optim.weight_decay=0.05"]}
 # kNN top-1 above the untrained network each learning test asserts: the
 # smallest gain over 4 seeds less half the seeds' spread (max - min), from
 # `python tests/learning_margins.py` (tests/learning_margins.md). BYOL gains
@@ -31,7 +35,9 @@ LEARNING_MARGINS = {"ours": 0.04, "simclr": 0.04, "byol": 0.004}
 
 def learning_command(method: str, workdir: str, seed: int = 0, epochs: int = 0) -> list[str]:
   """The `python -m ssl_jax.main` arguments of a learning test's run."""
-  return ["--config", f"configs/quickstart.py:{method}", "--workdir", workdir, *LEARNING_ARGS,
+  # A run's name is its method, or method_variant ("ours_vit") with LEARNING_OVERRIDES.
+  return ["--config", f"configs/quickstart.py:{method.split('_')[0]}", "--workdir", workdir,
+          *LEARNING_ARGS,
           *LEARNING_OVERRIDES.get(method, []), f"--config.seed={seed}",
           f"--config.num_epochs={epochs or LEARNING_EPOCHS[method]}"]
 

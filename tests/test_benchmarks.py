@@ -16,12 +16,15 @@ def _cfg():
   return cfg
 
 
-@pytest.mark.parametrize("method,augment", [("ours", True), ("simclr", False)])
-def test_step_benchmark_reports_flops_memory_and_throughput(method, augment):
+@pytest.mark.parametrize("method,augment,model", [
+    ("ours", True, "resnet10"), ("simclr", False, "resnet10"), ("ours", True, "vit_tiny"),
+    ("simclr", True, "mobilenet_v2")])
+def test_step_benchmark_reports_flops_memory_and_throughput(method, augment, model):
   base = quickstart.get_config()
   base.unlock()
   peak = bench.matmul_peak(256, "float32", repeats=2)["flops_per_second"]
-  r = bench.step_benchmark(base, method, "resnet10", 0.125, 16, augment, _cfg(), peak)
+  r = bench.step_benchmark(base, method, model, 0.125, 16, augment, _cfg(), peak)
+  assert r["model"] == f"{model} w0.125"
   assert r["images_per_second"] > 0 and r["compile_seconds"] > 0
   # XLA's count must at least cover the bank logits (ours) or the encoder.
   assert r["flops_per_step"] > 2 * 16 * 1000 * 128
@@ -88,6 +91,15 @@ def test_results_are_written_whole_after_every_part_and_marked_partial(tmp_path)
   results["bank"], results["input"] = [], {"batch": 512, "batch_images_per_second": 1e6}
   bench.write_results(results, path)
   assert "Partial" not in (tmp_path / "out" / "gpu.md").read_text()
+
+
+def test_every_benchmark_preset_names_registered_backbones_only():
+  from ssl_jax import models
+  for preset in ("cpu", "cpu_backbones", "gpu", "gpu_core", "smoke"):
+    for model, *_ in bench_config.get_config(preset).grid:
+      models.get(model)   # ValueError naming config.model.name otherwise
+  assert {row[0] for row in bench_config.get_config("cpu_backbones").grid} == {
+      "resnet18", "mobilenet_v2", "vit_tiny"}
 
 
 def test_a_bad_grid_is_refused_before_anything_is_measured():

@@ -14,6 +14,7 @@ from experiments.bank_dtype import config as bank_dtype_config
 from experiments.bank_dtype import run as bank_dtype_run
 from experiments.data_efficiency import config as data_config
 from experiments.data_efficiency import run as data_run
+from experiments.model_efficiency import arch as model_arch
 from experiments.model_efficiency import config as model_config
 from experiments.model_efficiency import run as model_run
 from experiments.recipe import config as recipe_config
@@ -488,6 +489,35 @@ def test_every_sweep_report_names_the_rows_with_fewer_seeds(tmp_path):
     results[short] = results[short][1:]
     md = run.report(config, results, "cmd")
     assert "seeds [0, 1]." in md and f"Fewer seeds finished in some {line}" in md, md[:1500]
+
+
+def test_the_architecture_sweep_gives_every_backbone_its_optimizer_and_one_budget(tmp_path):
+  config = model_config.get_config("arch")
+  config.budget = 1.5e13            # given: no step is compiled to count the budget's FLOPs
+  config.results_dir = str(tmp_path)
+  config.variants = model_arch.variants(config)
+  runs = {v.name: sweep.variant_config(config.base, v, 1)
+          for v in sweep.parse_variants(config.variants, config.base)}
+  assert sorted(runs) == sorted(f"{m}-{b}" for m in ("ours", "simclr", "byol")
+                                for b in ("resnet18-w0.25", "mobilenet_v2-w0.5", "vit_tiny-w0.25"))
+  for name, run in runs.items():
+    run_config.validate_config(run, num_devices=1)
+    assert run.train_flops == 1.5e13 and run.model.head_hidden == 512 and run.seed == 1
+    assert run_config.optim_note(run) is None, name      # the backbone's usual optimizer
+  assert (runs["ours-vit_tiny-w0.25"].optim.name, runs["ours-vit_tiny-w0.25"].optim.base_lr,
+          runs["ours-vit_tiny-w0.25"].model.patch_size) == ("adamw", 5e-4, 4)
+  assert runs["simclr-mobilenet_v2-w0.5"].optim.name == "sgd"
+  assert runs["byol-resnet18-w0.25"].optim.base_lr == config.base.optim.base_lr
+  names = [n for n, _ in config.variants]
+  results = _results(names, lambda n, s: 0.35 + 0.01 * s if n.startswith("ours") else 0.3)
+  for runs_of in results.values():
+    for r in runs_of:
+      r.update(flops_per_image=1.9e8, train_flops=1.5e13)
+  md = model_arch.report(config, results, "cmd")
+  assert "Budget: 1.5e+13 training FLOPs per run (simclr's 10 epochs on" in md
+  assert "| simclr | vit_tiny w0.25 |" in md and "| +5.50 (+5.00, +6.00) |" in md
+  if sweep.pyplot() is not None:
+    assert (tmp_path / "arch.png").stat().st_size > 1000
 
 
 def test_the_wide_model_preset_reuses_the_cpu_runs():

@@ -93,13 +93,18 @@ def plot(rows: dict, results: dict, path: str) -> bool:
   return True
 
 
-def report(config, results: dict, command: str) -> str:
-  rows = sweep.rows_of(results)
-  meta = {**sweep.describe(config, results, command), "budget_flops": config.budget,
+def budget_meta(config, results: dict, command: str) -> dict:
+  """sweep.describe's metadata plus the budget and each variant's epochs and FLOPs per image."""
+  return {**sweep.describe(config, results, command), "budget_flops": config.budget,
           "budget_method": config.budget_method, "budget_epochs": config.budget_epochs,
           "epochs_in_budget": {n: runs[0]["epochs"] for n, runs in results.items() if runs},
           "flops_per_image": {n: runs[0]["flops_per_image"] for n, runs in results.items()
                               if runs}}
+
+
+def report(config, results: dict, command: str) -> str:
+  rows = sweep.rows_of(results)
+  meta = budget_meta(config, results, command)
   md = markdown(config, rows, results, meta)
   sweep.write_results(config.results_dir, "results", meta, rows, md)
   plot(rows, results, os.path.join(config.results_dir, "flops.png"))

@@ -3,6 +3,7 @@
     python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu --workdir runs/model_cpu
     python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:cpu_wide --workdir runs/model_cpu
     python -m experiments.model_efficiency.run --config experiments/model_efficiency/config.py:gpu --workdir runs/model_gpu
+    python -m experiments.model_efficiency.arch --config experiments/model_efficiency/config.py:arch --workdir runs/model_arch
 
 Same data, batch and epochs for every backbone; the table and plot put the
 final kNN and linear top-1 against the backbone's parameter count and
@@ -27,10 +28,38 @@ def variants(config: ml_collections.ConfigDict) -> tuple:
                for m in config.methods for name, width in config.backbones)
 
 
-PRESETS = ("cpu", "cpu_wide", "gpu")
+PRESETS = ("cpu", "cpu_wide", "gpu", "arch")
+
+
+def arch_config() -> ml_collections.ConfigDict:
+  """Across architectures at equal training FLOPs (`experiments/model_efficiency/arch.py`).
+
+  The quickstart's data, as experiments/compare's cpu_flops preset, whose
+  budget it shares: SimCLR's 10 epochs on ResNet-18 at width 1/4. Three
+  backbones of about the same forward cost on 32 px images (XLA's count:
+  61.8, 59.3 and 64.4 MFLOP per image): ResNet-18 at width 1/4, MobileNetV2
+  at width 1/2 (CIFAR stem) and ViT-Ti at width 1/4 with 4 px patches.
+  Each backbone trains with the optimizer its registry entry names
+  (`models.Backbone.optim`: AdamW for the ViT), everything else shared.
+  About 30 minutes per backbone and seed on 2 CPU cores.
+  """
+  base = sweep.preset_base("cpu")
+  base.model.head_hidden = 512
+  base.eval.every_epochs = 2
+  base.num_epochs = 10
+  config = sweep.experiment_config("model_efficiency", "arch", base)
+  config.seeds = (0, 1, 2)
+  config.methods = ("ours", "simclr", "byol")
+  config.backbones = (("resnet18", 0.25), ("mobilenet_v2", 0.5), ("vit_tiny", 0.25))
+  config.budget_method = "simclr"   # on base's backbone (ResNet-18 w1/4)
+  config.budget_epochs = 10
+  config.budget = 0.0  # > 0: this many FLOPs instead of budget_method's budget_epochs
+  return config
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  if preset == "arch":
+    return arch_config()
   if preset not in PRESETS:
     raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
   cpu = preset.startswith("cpu")

@@ -80,7 +80,7 @@ def bank_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransf
                                   images, train=True, mutable=["batch_stats"])
     s = losses.bank_logits(z, state.bank, method_cfg.temperature)
     loss, (ce, skl) = bank_objective.loss_from_logits(s, idx, method_cfg)
-    return loss, (updates["batch_stats"], z, s, ce, skl)
+    return loss, (updates.get("batch_stats", {}), z, s, ce, skl)
 
   (loss, (batch_stats, z, s, ce, skl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)

@@ -65,7 +65,7 @@ def byol_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransf
     # The target normalises with its own batch statistics; its running
     # statistics follow the online network's by EMA below.
     (_, t), _ = model.apply(state.extra, x, train=True, mutable=["batch_stats"])
-    return byol_loss(p[:b], p[b:], t[:b], t[b:]), updates["batch_stats"]
+    return byol_loss(p[:b], p[b:], t[:b], t[b:]), updates.get("batch_stats", {})
 
   def update_target(state, params, batch_stats):
     decay = target_decay(state.step, total_steps, base_decay)

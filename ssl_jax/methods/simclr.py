@@ -69,7 +69,7 @@ def simclr_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTran
   def loss_fn(params):
     (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                   train=True, mutable=["batch_stats"])
-    return nt_xent(z[:b], z[b:], temperature, axis_name), updates["batch_stats"]
+    return nt_xent(z[:b], z[b:], temperature, axis_name), updates.get("batch_stats", {})
 
   return steps.loss_step(state, loss_fn, b, tx=tx, axis_name=axis_name)
 

@@ -1,21 +1,22 @@
 """The backbone registry: `config.model.name` -> one entry of `BACKBONES`.
 
     from ssl_jax import models
-    models.names()              # ('resnet10', ..., 'resnet50', 'mobilenet_v2')
-    models.get("mobilenet_v2")  # its Backbone: builder, stems, BatchNorm, feature width
+    models.names()              # ('resnet10', ..., 'mobilenet_v2', 'vit_tiny', 'vit_small')
+    models.get("vit_tiny")      # its Backbone: builder, config fields, BatchNorm, feature width
     models.create_encoder("mobilenet_v2", stem="cifar", width=0.5)
 
 Each backbone is one module of this package and one `Backbone` entry: what
-builds it from the shared config fields (`model.width`, `model.stem`,
-`model.dtype`), which stems it has, whether it has BatchNorm (the bank's
-calibration mode and the cross-device BatchNorm statistics apply only
-then), and the width of its features h. Nothing outside this package names a
-backbone. `create_encoder` puts the shared heads (`heads.Encoder`) on top.
+builds it from the config's `model` fields (a `Spec`), which of those fields
+it reads, which stems it has, whether it has BatchNorm (the bank's
+calibration mode and the cross-device BatchNorm statistics apply only then),
+the width of its features h, and the optimizer settings it is usually
+trained with. Nothing outside this package names a backbone.
+`create_encoder` puts the shared heads (`heads.Encoder`) on top.
 
-Adding a backbone: a module with a flax `nn.Module` that maps uint8-scaled
-float images [B, H, W, 3] to h [B, D] float32 and has `dtype` and
+Adding a backbone: a module with a flax `nn.Module` that maps normalised
+float32 images [B, H, W, 3] (augment.normalize) to h [B, D] float32 and has `dtype` and
 `bn_axis_name` fields, then a `register(Backbone(...))` below (README,
-"Adding a backbone").
+"Add a backbone").
 """
 
 from __future__ import annotations
@@ -28,30 +29,49 @@ import jax.numpy as jnp
 
 from ssl_jax.models import mobilenet_v2
 from ssl_jax.models import resnet
+from ssl_jax.models import vit
 from ssl_jax.models.heads import MLP, Encoder
 
 STEMS = ("cifar", "imagenet")
 HEADS = ("linear", "mlp")
+POOLS = vit.POOLS
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The `config.model` fields a backbone is built from (each reads only its own)."""
+  width: float = 1.0
+  stem: str = "cifar"
+  dtype: jnp.dtype = jnp.dtype(jnp.float32)
+  bn_axis_name: Optional[str] = None   # the data axis BatchNorm statistics are reduced over
+  patch_size: int = 4                  # ViT: pixels per patch side
+  pool: str = "cls"                    # ViT: "cls" token or "gap" (mean of the patch tokens)
 
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   """One registered backbone.
 
-  build: (width, stem, dtype, bn_axis_name) -> the flax backbone module.
+  build: Spec -> the flax backbone module.
   feature_width: width multiplier -> D, the width of h.
+  fields: the `config.model` fields it reads besides `dtype` (others are ignored).
   has_batchnorm: whether it normalises with batch statistics (then the step
     syncs them across devices and `bank.calibrate_bn` chooses their mode
     for the bank's initial pass).
   stems: the `model.stem` values it accepts ("cifar": full resolution kept
     for 32 px images; "imagenet": the usual early downsampling).
+  optim: the `config.optim` settings it is usually trained with; a run with
+    another optimizer gets a note naming them (`run_config.notes`), nothing
+    is changed behind the user's back.
   """
   name: str
   summary: str
-  build: Callable[[float, str, jnp.dtype, Optional[str]], nn.Module]
+  build: Callable[[Spec], nn.Module]
   feature_width: Callable[[float], int]
+  fields: tuple[str, ...] = ("width", "stem")
   has_batchnorm: bool = True
   stems: tuple[str, ...] = STEMS
+  optim: tuple[tuple[str, object], ...] = (("name", "sgd"),)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -77,24 +97,46 @@ def get(name: str) -> Backbone:
 for _name, (_stages, _block) in resnet.STAGES.items():
   register(Backbone(
       _name, f"ResNet ({_block} blocks, stages {_stages})",
-      build=lambda width, stem, dtype, axis, _s=_stages, _b=_block: resnet.ResNet(
-          _s, _b, width, stem, dtype, axis),
+      build=lambda s, _s=_stages, _b=_block: resnet.ResNet(
+          _s, _b, s.width, s.stem, s.dtype, s.bn_axis_name),
       feature_width=lambda width, _n=_name: resnet.feature_width(_n, width)))
 
 register(Backbone(
     "mobilenet_v2", "MobileNetV2 (inverted residuals, depthwise convolutions)",
-    build=lambda width, stem, dtype, axis: mobilenet_v2.MobileNetV2(width, stem, dtype, axis),
+    build=lambda s: mobilenet_v2.MobileNetV2(s.width, s.stem, s.dtype, s.bn_axis_name),
     feature_width=mobilenet_v2.feature_width))
+
+# AdamW with warmup, weight decay on kernels only (not on norms, biases, the
+# position embedding or the class token): DeiT's and DINO's recipe, the
+# learning rate scaled by batch / 256 as for every optimizer here.
+VIT_OPTIM = (("name", "adamw"), ("base_lr", 5e-4), ("weight_decay", 0.05))
+for _name, (_width, _depth, _heads) in vit.SIZES.items():
+  register(Backbone(
+      _name, f"ViT ({_width} wide, {_depth} blocks, {_heads} heads; LayerNorm)",
+      build=lambda s, _n=_name: vit.ViT(_n, s.width, s.patch_size, s.pool, s.dtype,
+                                        s.bn_axis_name),
+      feature_width=lambda width, _n=_name: vit.scaled_width(_n, width),
+      fields=("width", "patch_size", "pool"), has_batchnorm=False, optim=VIT_OPTIM))
+
+
+def describe(model_config) -> str:
+  """The fields of `config.model` its backbone reads, in words: 'width 0.25, cifar stem',
+  'width 0.25, patch 4, cls pool'."""
+  m = model_config
+  words = {"width": f"width {m.width}", "stem": f"{m.stem} stem",
+           "patch_size": f"patch {m.get('patch_size', 4)}", "pool": f"{m.get('pool', 'cls')} pool"}
+  return ", ".join(words[f] for f in get(m.name).fields)
 
 
 def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
                    embed_dim: int = 128, dtype: str = "float32",
                    bn_axis_name: Optional[str] = None, head: str = "linear",
                    head_hidden: int = 2048, normalize: bool = True,
-                   predictor_hidden: int = 0) -> Encoder:
+                   predictor_hidden: int = 0, patch_size: int = 4,
+                   pool: str = "cls") -> Encoder:
   """Builds an encoder from config values; raises ValueError naming a bad field."""
   backbone = get(name)
-  if stem not in backbone.stems:
+  if "stem" in backbone.fields and stem not in backbone.stems:
     raise ValueError(f"config.model.stem must be one of {backbone.stems} for {name}, "
                      f"got {stem!r}.")
   if dtype not in ("float32", "bfloat16"):
@@ -103,9 +145,14 @@ def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
     raise ValueError(f"config.model.width must be > 0, got {width}.")
   if head not in HEADS:
     raise ValueError(f"config.model.head must be one of {HEADS}, got {head!r}.")
-  module = backbone.build(width, stem, jnp.dtype(dtype), bn_axis_name)
+  if "patch_size" in backbone.fields and not (int(patch_size) == patch_size and patch_size > 0):
+    raise ValueError(f"config.model.patch_size must be a positive integer, got {patch_size!r}.")
+  if "pool" in backbone.fields and pool not in POOLS:
+    raise ValueError(f"config.model.pool must be one of {POOLS}, got {pool!r}.")
+  module = backbone.build(Spec(width, stem, jnp.dtype(dtype), bn_axis_name, int(patch_size),
+                               pool))
   return Encoder(module, embed_dim, head, head_hidden, normalize, predictor_hidden)
 
 
-__all__ = ["BACKBONES", "Backbone", "Encoder", "HEADS", "MLP", "STEMS", "create_encoder", "get",
-           "names", "register"]
+__all__ = ["BACKBONES", "Backbone", "Encoder", "HEADS", "MLP", "POOLS", "STEMS", "Spec",
+           "create_encoder", "describe", "get", "names", "register"]
