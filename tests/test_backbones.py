@@ -1,6 +1,7 @@
 """The backbone registry (`ssl_jax.models`): every entry's shapes, parameter counts
 against the published networks, and a few train steps with every method."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -277,3 +278,39 @@ def test_a_vit_run_with_a_sharded_bank_loads_exports_and_embeds(tmp_path):
   _ok(_cli("ssl_jax.export", "--workdir", tmp_path / "run", "--out", tmp_path / "m.msgpack"))
   np.testing.assert_array_equal(ssl_jax.load_encoder(str(tmp_path / "m.msgpack")).embed(
       test.images[:64])[1], z)
+
+
+def test_a_bf16_vit_keeps_float32_parameters_and_the_float32_result_within_bf16_rounding():
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  f32 = models.create_encoder("vit_tiny", width=0.25)
+  bf16 = models.create_encoder("vit_tiny", width=0.25, dtype="bfloat16")
+  variables = f32.init(jax.random.PRNGKey(0), x, train=False)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+      bf16.init(jax.random.PRNGKey(0), x, train=False))
+  assert {p.dtype for p in jax.tree_util.tree_leaves(
+      bf16.init(jax.random.PRNGKey(0), x, train=False))} == {jnp.dtype(jnp.float32)}
+  (h32, z32), (h16, z16) = (m.apply(variables, x, train=False) for m in (f32, bf16))
+  assert h16.dtype == z16.dtype == jnp.float32
+  # 12 blocks of bf16 matmuls: a few percent of h's scale, and the same direction.
+  assert np.abs(h16 - h32).max() < 0.1 * np.abs(h32).max()
+  assert np.min(np.sum(z16 * z32, axis=1)) > 0.98
+
+
+@pytest.mark.parametrize("shifts", [True, False])
+@pytest.mark.parametrize("strides,size", [(1, 8), (2, 8), (2, 7)])
+def test_the_depthwise_conv_equals_flax_grouped_conv(strides, size, shifts):
+  """MobileNetV2's depthwise 3x3 (nine shifts, CPU's default, or one lax conv) against
+  nn.Conv with one group per channel on the same kernel: values and both gradients."""
+  from ssl_jax.models import mobilenet_v2
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 16))
+  ours = mobilenet_v2.DepthwiseConv3x3(strides, jnp.float32, shifts)
+  ref = nn.Conv(16, (3, 3), strides, padding=1, feature_group_count=16, use_bias=False)
+  variables = ours.init(jax.random.PRNGKey(1), x)
+  assert variables["params"]["kernel"].shape == ref.init(jax.random.PRNGKey(1), x)[
+      "params"]["kernel"].shape == (3, 3, 1, 16)
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+  for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                  jax.grad(loss(ref), argnums=(0, 1))(variables, x)):
+    for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-4)

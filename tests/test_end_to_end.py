@@ -63,9 +63,10 @@ def test_quickstart_learns_resumes_and_evaluates(tmp_path):
 
 @needs_cifar10
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "byol"])
-def test_two_view_methods_learn(tmp_path, method):
-  """SimCLR and BYOL beat their untrained network on real images (`-m slow`)."""
+@pytest.mark.parametrize("method", ["simclr", "byol", "ours_vit"])
+def test_two_view_methods_and_the_vit_learn(tmp_path, method):
+  """SimCLR and BYOL, and ours on ViT-Ti (width 1/4, 4 px patches, AdamW), beat
+  their untrained network on real images (`-m slow`)."""
   workdir = str(tmp_path / "run")
   _cli("ssl_jax.main", *learning_command(method, workdir))
   summary = json.load(open(os.path.join(workdir, "summary.json")))

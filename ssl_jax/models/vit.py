@@ -57,8 +57,10 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
+    # The attention softmax in float32 also under bf16 compute (a bf16 sum over
+    # hundreds of tokens loses the small weights).
     y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
-                                        deterministic=True)(y, y)
+                                        deterministic=True, force_fp32_for_softmax=True)(y, y)
     x = x + y
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
     y = nn.Dense(4 * width, dtype=self.dtype)(y)
