@@ -61,7 +61,7 @@ class Backbone:
   stems: the `model.stem` values it accepts ("cifar": full resolution kept
     for 32 px images; "imagenet": the usual early downsampling).
   optim: the `config.optim` settings it is usually trained with; a run with
-    another optimizer gets a note naming them (`run_config.notes`), nothing
+    another optimizer gets a note naming them (`run_config.optim_note`), nothing
     is changed behind the user's back.
   """
   name: str
