@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -131,6 +132,39 @@ def test_only_finished_reports_without_training(tmp_path):
   with pytest.raises(sweep.SweepError, match="no run under .* has finished yet"):
     sweep.run_sweep(config, str(tmp_path / "empty"), log=lambda s: None,
                     train_fn=_fake_train(calls))
+
+
+def test_records_let_a_fresh_checkout_resume_a_sweep_and_are_checked(tmp_path):
+  config = _sweep_config((("a", ""), ("b", "loss.kl_weight=0.0")), seeds=(0,))
+  config.records_dir = str(tmp_path / "records")
+  calls = []
+  first = sweep.run_sweep(config, str(tmp_path / "runs"), log=lambda s: None,
+                          train_fn=_fake_train(calls))
+  assert len(calls) == 2
+  assert sorted(os.listdir(tmp_path / "records")) == ["a", "b"]
+  # The run folders are gone (a new checkout): the records stand in for them.
+  shutil.rmtree(tmp_path / "runs")
+  lines = []
+  again = sweep.run_sweep(config, str(tmp_path / "runs"), log=lines.append,
+                          train_fn=_fake_train(calls))
+  assert len(calls) == 2 and "recorded" in lines[0]
+  assert again["b"][0]["knn_top1"] == first["b"][0]["knn_top1"]
+  config.only_finished = True   # a record counts as finished
+  assert len(sweep.run_sweep(config, str(tmp_path / "runs"), log=lambda s: None)["a"]) == 1
+  # A record made under other settings is refused like a run folder.
+  config.variants = (("a", ""), ("b", "loss.kl_weight=0.5"))
+  with pytest.raises(sweep.SweepError, match="records/b/seed0.json holds a run made with "
+                     "another config .*kl_weight"):
+    sweep.run_sweep(config, str(tmp_path / "runs"), log=lambda s: None)
+  # A run finished before records were kept gets its record when the sweep reads it.
+  config.variants = (("a", ""), ("b", "loss.kl_weight=0.0"))
+  config.only_finished = False
+  shutil.rmtree(tmp_path / "records")
+  sweep.run_sweep(_sweep_config((("a", ""),), seeds=(0,)), str(tmp_path / "runs2"),
+                  log=lambda s: None, train_fn=_fake_train(calls))
+  config.variants = (("a", ""),)
+  sweep.run_sweep(config, str(tmp_path / "runs2"), log=lambda s: None, train_fn=_fake_train(calls))
+  assert len(calls) == 3 and os.path.exists(tmp_path / "records" / "a" / "seed0.json")
 
 
 def test_aggregate_gives_mean_and_spread_over_seeds():

@@ -65,7 +65,7 @@ def markdown(config, rows: dict, results: dict, meta: dict) -> str:
       f"images, {meta['num_test_examples']} test images); {meta['model']}; batch "
       f"{meta['batch_size']}; seeds {meta['seeds']}. Budget: {config.budget:.4g} training "
       f"FLOPs per run ({config.budget_method}'s {config.budget_epochs} epochs, XLA's count "
-      f"of the compiled step); each method takes the whole epochs that fit, its schedules "
+      f"of the lowered step); each method takes the whole epochs that fit, its schedules "
       f"planned over them. Top-1 in %, mean ± half the range over seeds; leads vs ours: "
       f"mean (per seed).", "",
       *sweep.fewer_seeds_in_rows(rows, meta["seeds"]),

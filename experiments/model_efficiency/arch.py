@@ -62,7 +62,7 @@ def markdown(config, rows: dict, results: dict, meta: dict) -> str:
       f"images, {meta['num_test_examples']} test images); batch {meta['batch_size']}; seeds "
       f"{meta['seeds']}. Budget: {config.budget:.4g} training FLOPs per run "
       f"({config.budget_method}'s {config.budget_epochs} epochs on {meta['model']}, XLA's "
-      f"count of the compiled step); each run takes the whole epochs that fit, its schedules "
+      f"count of the lowered step); each run takes the whole epochs that fit, its schedules "
       f"planned over them. Each backbone trains with its registry's optimizer (SGD for the "
       f"convnets, AdamW for the ViT). Params: the backbone's. Top-1 in %, mean ± half the "
       f"range over seeds; leads vs ours on the same backbone: mean (per seed).", "",

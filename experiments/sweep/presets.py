@@ -24,12 +24,16 @@ def preset_base(preset: str) -> ml_collections.ConfigDict:
 
 def experiment_config(name: str, preset: str,
                       base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An experiment config: base, seeds (0, 1), only_finished, results_dir, preset."""
+  """An experiment config: base, seeds (0, 1), only_finished, results_dir, records_dir, preset."""
   config = ml_collections.ConfigDict()
   config.base = base
   config.seeds = (0, 1)
   # True: report the finished runs, train nothing (a look while the sweep runs).
   config.only_finished = False
   config.results_dir = f"experiments/{name}/{preset}"
+  # Non-empty: keep each finished run's config and summary there, to be
+  # committed, so a sweep longer than one sitting resumes in a fresh checkout
+  # (experiments/sweep/runs.py).
+  config.records_dir = ""
   config.preset = preset
   return config

@@ -6,6 +6,13 @@ either way the run's saved config.json must equal the config asked for
 (ignoring fields that only say where files are), so a changed sweep cannot
 silently reuse runs made under other settings. Every experiment runner,
 the comparison included, reuses runs through `run_one`.
+
+A sweep too long for one sitting can also keep a record of each finished
+run beside its results (`config.records_dir`: `<variant>/seed<k>.json`, the
+run's config and summary, a few kB). A record stands in for a run whose
+folder is gone, so a fresh checkout resumes the sweep where the committed
+records end; the record's config is checked like a run folder's. Delete the
+records to train everything again.
 """
 
 from __future__ import annotations
@@ -62,25 +69,60 @@ def config_differences(saved: dict, wanted: ml_collections.ConfigDict) -> list[s
   return diffs
 
 
+def _check_same_config(saved: dict, config: ml_collections.ConfigDict, where: str,
+                       fix: str) -> None:
+  diffs = config_differences(saved, config)
+  if diffs:
+    raise SweepError(f"{where} holds a run made with another config ("
+                     + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
+                     + f"). {fix}")
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def record_path(config: ml_collections.ConfigDict, variant: str, seed: int) -> Optional[str]:
+  """Where the sweep keeps (variant, seed)'s run record, or None without config.records_dir."""
+  records = config.get("records_dir", "")
+  return os.path.join(records, variant, f"seed{seed}.json") if records else None
+
+
+def _write_record(path: str, workdir: str, summary: dict) -> None:
+  from ssl_jax import storage
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  record = {"config": _read_json(os.path.join(workdir, "config.json")), "summary": summary}
+  storage.write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
 def run_one(config: ml_collections.ConfigDict, workdir: str,
-            train_fn: Optional[Callable] = None) -> dict:
-  """Trains one run, resumes it, or reads its finished summary."""
+            train_fn: Optional[Callable] = None, record: Optional[str] = None) -> dict:
+  """Trains one run, resumes it, or reads its finished summary.
+
+  With `record` (a path, see `record_path`): a run folder without a summary
+  is replaced by the record when one exists, and a finished run writes one.
+  """
   saved_path = os.path.join(workdir, "config.json")
   if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      diffs = config_differences(json.load(f), config)
-    if diffs:
-      raise SweepError(f"{workdir} holds a run made with another config ("
-                       + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
-                       + "). Delete that folder or use another --workdir.")
+    _check_same_config(_read_json(saved_path), config, workdir,
+                       "Delete that folder or use another --workdir.")
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      return json.load(f)
-  if train_fn is None:
-    from ssl_jax import train  # heavy: only when something is trained
-    train_fn = train.train_and_evaluate
-  return train_fn(config, workdir)
+    summary = _read_json(summary_path)
+  elif record and os.path.exists(record):
+    saved = _read_json(record)
+    _check_same_config(saved["config"], config, record,
+                       "Delete that record (and its run folder) to train it again.")
+    return saved["summary"]
+  else:
+    if train_fn is None:
+      from ssl_jax import train  # heavy: only when something is trained
+      train_fn = train.train_and_evaluate
+    summary = train_fn(config, workdir)
+  if record and not os.path.exists(record):
+    _write_record(record, workdir, summary)
+  return summary
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
@@ -103,18 +145,23 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
     for v in variants:
       done += 1
       run_dir = os.path.join(workdir, v.name, f"seed{seed}")
-      finished = os.path.exists(os.path.join(run_dir, "summary.json"))
-      if not finished and config.get("only_finished", False):
+      record = record_path(config, v.name, seed)
+      if os.path.exists(os.path.join(run_dir, "summary.json")):
+        state = f"finished ({run_dir})"
+      elif record and os.path.exists(record):
+        state = f"recorded ({record})"
+      elif config.get("only_finished", False):
         log(f"[{done}/{total}] {v.name} seed {seed}: not finished, left out")
         continue
-      log(f"[{done}/{total}] {v.name} seed {seed}: "
-          f"{'finished' if finished else 'training'} ({run_dir})")
+      else:
+        state = f"training ({run_dir})"
+      log(f"[{done}/{total}] {v.name} seed {seed}: {state}")
       run_config = variant_config(config.base, v, seed)
       if run_config.get("compilation_cache_dir", "") == "workdir":
         # One cache for the sweep: its runs compile the same programs.
         with run_config.unlocked():
           run_config.compilation_cache_dir = os.path.join(workdir, "compilation_cache")
-      summary = dict(run_one(run_config, run_dir, train_fn))
+      summary = dict(run_one(run_config, run_dir, train_fn, record))
       summary.setdefault("num_params", count_params(run_config))
       summary["seed"] = seed
       results[v.name].append(summary)
