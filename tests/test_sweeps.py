@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -165,6 +166,18 @@ def test_records_let_a_fresh_checkout_resume_a_sweep_and_are_checked(tmp_path):
   config.variants = (("a", ""),)
   sweep.run_sweep(config, str(tmp_path / "runs2"), log=lambda s: None, train_fn=_fake_train(calls))
   assert len(calls) == 3 and os.path.exists(tmp_path / "records" / "a" / "seed0.json")
+
+
+def test_the_architecture_sweeps_records_can_be_committed():
+  records = model_config.get_config("arch").records_dir
+  assert records.startswith(model_config.get_config("arch").results_dir)
+  # A record git ignores (a `runs/` pattern, say) would never reach a fresh checkout.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  probe = os.path.join(records, "ours-resnet18-w0.25", "seed0.json")
+  ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=repo)
+  if ignored.returncode == 128:
+    pytest.skip("not a git checkout")
+  assert ignored.returncode == 1, f"{probe} is ignored by .gitignore"
 
 
 def test_aggregate_gives_mean_and_spread_over_seeds():

@@ -55,7 +55,7 @@ def arch_config() -> ml_collections.ConfigDict:
   config.budget_epochs = 10
   config.budget = 0.0  # > 0: this many FLOPs instead of budget_method's budget_epochs
   # 27 runs, more than one sitting: each finished run's record is committed.
-  config.records_dir = f"{config.results_dir}/runs"
+  config.records_dir = f"{config.results_dir}/records"
   return config
 
 
