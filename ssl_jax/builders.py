@@ -45,7 +45,7 @@ def build_model(config, bn_axis_name: Optional[str] = devices.AXIS):
   return models.create_encoder(
       m.name, stem=m.stem, width=m.width, embed_dim=m.embed_dim, dtype=m.dtype,
       bn_axis_name=bn_axis_name, head=m.head, head_hidden=m.head_hidden,
-      patch_size=m.get("patch_size", 4), pool=m.get("pool", "cls"),
+      patch_size=models.field(m, "patch_size"), pool=models.field(m, "pool"),
       **methods.get(config.method).model_options(config))
 
 

@@ -42,9 +42,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if "stem" in backbone.fields:
     allowed("model.stem", config.model.stem, backbone.stems)
   if "pool" in backbone.fields:
-    allowed("model.pool", config.model.get("pool", "cls"), models.POOLS)
+    allowed("model.pool", models.field(config.model, "pool"), models.POOLS)
   if "patch_size" in backbone.fields:
-    patch, size = config.model.get("patch_size", 4), int(config.data.image_size)
+    patch, size = models.field(config.model, "patch_size"), int(config.data.image_size)
     if not (isinstance(patch, int) and patch > 0 and size % patch == 0):
       raise ConfigError(f"config.model.patch_size must be a positive divisor of "
                         f"config.data.image_size ({size}), got {patch!r}.")

@@ -3,6 +3,7 @@ against the published networks, and a few train steps with every method."""
 
 import flax.linen as nn
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -118,6 +119,23 @@ def test_each_backbone_states_its_usual_optimizer_and_a_run_without_it_gets_a_no
   assert run_config.optim_note(config) is None
   assert models.describe(config.model) == "width 0.125, patch 4, cls pool"
   assert models.describe(tiny_config().model) == "width 0.125, cifar stem"
+
+
+def test_each_backbone_says_truly_whether_it_has_batchnorm():
+  """`Backbone.has_batchnorm` against the variables its module creates (linear head)."""
+  for name in models.names():
+    enc = models.create_encoder(name, width=0.25, head="linear")
+    variables = jax.eval_shape(lambda: enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                                train=False))
+    assert bool(variables.get("batch_stats")) == models.get(name).has_batchnorm, name
+
+
+def test_a_model_config_without_the_vit_fields_means_the_defaults():
+  from configs import default
+  cfg = default.get_config().model
+  assert {k: cfg[k] for k in models.FIELD_DEFAULTS} == models.FIELD_DEFAULTS
+  old = ml_collections.ConfigDict({"name": "vit_tiny", "width": 0.25})  # saved before them
+  assert models.describe(old) == "width 0.25, patch 4, cls pool"
 
 
 def test_weight_decay_falls_on_kernels_only():

@@ -119,13 +119,24 @@ for _name, (_width, _depth, _heads) in vit.SIZES.items():
       fields=("width", "patch_size", "pool"), has_batchnorm=False, optim=VIT_OPTIM))
 
 
+# What a `config.model` without these fields (a config saved before they
+# existed) means: 4 px patches and the class token, as configs/default.py sets.
+FIELD_DEFAULTS = {"patch_size": 4, "pool": "cls"}
+
+
+def field(model_config, name: str):
+  """`config.model.<name>`, or its FIELD_DEFAULTS value where the config lacks it."""
+  return model_config.get(name, FIELD_DEFAULTS[name])
+
+
 def describe(model_config) -> str:
   """The fields of `config.model` its backbone reads, in words: 'width 0.25, cifar stem',
   'width 0.25, patch 4, cls pool'."""
   m = model_config
-  words = {"width": f"width {m.width}", "stem": f"{m.stem} stem",
-           "patch_size": f"patch {m.get('patch_size', 4)}", "pool": f"{m.get('pool', 'cls')} pool"}
-  return ", ".join(words[f] for f in get(m.name).fields)
+  words = {"width": lambda: f"width {m.width}", "stem": lambda: f"{m.stem} stem",
+           "patch_size": lambda: f"patch {field(m, 'patch_size')}",
+           "pool": lambda: f"{field(m, 'pool')} pool"}
+  return ", ".join(words[f]() for f in get(m.name).fields)
 
 
 def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
@@ -154,5 +165,5 @@ def create_encoder(name: str, *, stem: str = "cifar", width: float = 1.0,
   return Encoder(module, embed_dim, head, head_hidden, normalize, predictor_hidden)
 
 
-__all__ = ["BACKBONES", "Backbone", "Encoder", "HEADS", "MLP", "POOLS", "STEMS", "Spec",
-           "create_encoder", "describe", "get", "names", "register"]
+__all__ = ["BACKBONES", "Backbone", "Encoder", "FIELD_DEFAULTS", "HEADS", "MLP", "POOLS", "STEMS",
+           "Spec", "create_encoder", "describe", "field", "get", "names", "register"]

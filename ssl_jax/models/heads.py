@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 
 def batch_norm(train: bool, dtype: Any, axis_name: Optional[str]) -> Callable[..., nn.BatchNorm]:
-  """The backbones' BatchNorm constructor. In training, with `axis_name` (the data
+  """The BatchNorm constructor of the backbones and the MLP heads. In training, with `axis_name` (the data
   axis), it normalises with the global batch's statistics, so a step is the
   same whatever the device count; at evaluation, with the running averages."""
   return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
@@ -34,8 +34,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Dense(self.hidden, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                     axis_name=self.bn_axis_name if train else None)(x)
+    x = batch_norm(train, self.dtype, self.bn_axis_name)()(x)
     return nn.Dense(self.out, dtype=self.dtype)(nn.relu(x))
 
 
