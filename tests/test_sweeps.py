@@ -180,6 +180,26 @@ def test_the_architecture_sweeps_records_can_be_committed():
   assert ignored.returncode == 1, f"{probe} is ignored by .gitignore"
 
 
+@needs_cifar10
+def test_the_committed_arch_records_are_what_the_sweep_asks_for():
+  """A library change that alters what a committed run would train shows here, not
+  as a refused record hours into the next sitting's sweep."""
+  import glob
+  config = model_config.get_config("arch")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = sorted(glob.glob(os.path.join(repo, config.records_dir, "*", "seed*.json")))
+  if not paths:
+    pytest.skip("no records committed")
+  for path in paths:
+    with open(path) as f:
+      saved = json.load(f)["config"]
+    config.budget = saved["train_flops"]   # the budget the sweep computed, not recompiled
+    variants = {v.name: v for v in sweep.parse_variants(model_arch.variants(config), config.base)}
+    name, seed = os.path.basename(os.path.dirname(path)), int(os.path.basename(path)[4:-5])
+    wanted = sweep.variant_config(config.base, variants[name], seed)
+    assert sweep.config_differences(saved, wanted) == [], path
+
+
 def test_aggregate_gives_mean_and_spread_over_seeds():
   runs = [dict(_summary(0.30), seed=0, num_params={"backbone": 5, "total": 6}),
           dict(_summary(0.34), seed=1, num_params={"backbone": 5, "total": 6})]
