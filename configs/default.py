@@ -71,7 +71,7 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # Streaming input (ssl_jax/stream.py): records read and decoded per step by
   # Grain's workers instead of a split decoded into memory; for ImageNet scale.
   config.data.stream = False
-  config.data.workers = 0            # Grain worker processes (0: threads of this process)
+  config.data.workers = 0            # Grain worker processes (0: threads of this process; -1: one per core)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"

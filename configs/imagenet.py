@@ -40,7 +40,7 @@ def get_config(method: str = "ours"):
   config.data.image_size = 224
   config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
   config.data.stream = True
-  config.data.workers = 8            # per process; measure on the host (benchmarks/README.md)
+  config.data.workers = -1           # one per core this process may use (os.sched_getaffinity)
   config.data.cache_dir = ""
 
   config.model.name = "resnet50"

@@ -68,16 +68,19 @@ def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0,
   return methods.get(config.method).make_step(ctx)
 
 
-def load_data(config, log=print) -> tuple[data_lib.Split, data_lib.Split, int]:
-  """This process's rows of the (train, test) subsets, and the count of skipped files."""
+def load_data(config, log=print, workdir: str = "") -> tuple[data_lib.Split, data_lib.Split, int]:
+  """This process's rows of the (train, test) subsets, and the count of skipped files.
+
+  A streamed `tfds:` split caches its labels beside the data, else in `workdir`.
+  """
   kw = dict(seed=config.data.subset_seed, num_shards=num_shards(config),
             process_index=jax.process_index(), process_count=jax.process_count(), log=log)
   if config.data.get("stream", False):
     from ssl_jax import stream  # Grain: imported only for streaming runs
     return (stream.load_split(config.data, config.data.train_split,
-                              fraction=config.data.fraction, **kw),
+                              fraction=config.data.fraction, cache_dir=workdir, **kw),
             stream.load_split(config.data, config.data.test_split,
-                              fraction=config.data.test_fraction, **kw), 0)
+                              fraction=config.data.test_fraction, cache_dir=workdir, **kw), 0)
   train, skipped = data_lib.load_shard(config.data, config.data.train_split,
                                        fraction=config.data.fraction, **kw)
   test, skipped_test = data_lib.load_shard(config.data, config.data.test_split,

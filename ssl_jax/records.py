@@ -15,6 +15,7 @@ anything compiles.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional
 
@@ -52,8 +53,8 @@ class FolderRecords:
   def name(self, i: int) -> str:
     return self.paths[i]
 
-  def labels(self, positions: np.ndarray, log=print) -> np.ndarray:
-    del log  # the labels come from the folder names: nothing to read
+  def labels(self, positions: np.ndarray, log=print, cache_dir: str = "") -> np.ndarray:
+    del log, cache_dir  # the labels come from the folder names: nothing to read
     return self._labels[positions]
 
 
@@ -122,9 +123,70 @@ class TfdsRecords:
   def name(self, i: int) -> str:
     return f"tfds:{self.dataset} split '{self.split}' record {int(i)}"
 
-  def labels(self, positions: np.ndarray, log=print) -> np.ndarray:
-    """Labels of the given records (one read of each record: an ImageNet-sized split
-    takes a while, so this is logged)."""
+  def labels(self, positions: np.ndarray, log=print, cache_dir: str = "") -> np.ndarray:
+    """Labels of the given records, from the label cache where it has them.
+
+    A record holds its label beside its image, so a label costs a read of
+    the record: ImageNet's labels are all of its 140 GB. They are read once
+    and cached as one int32 array over the full split (-1 where not read
+    yet), beside the data when that folder is writable, else under
+    `cache_dir` (the run's workdir); the log says which.
+    """
+    cached, where = self._cached_labels(cache_dir)
+    labels = cached if cached is not None else np.full(self._len, -1, np.int32)
+    missing = np.unique(positions[labels[positions] < 0])
+    if not len(missing):
+      log(f"labels of {self.description}: from the label cache {where}")
+      return labels[positions]
+    labels[missing] = self._read_labels(missing, log)
+    written = self._write_labels(labels, cache_dir)
+    log(f"labels of {self.description}: read from {len(missing)} records; "
+        + (f"cached in {written}" if written else "not cached (no writable folder)"))
+    return labels[positions]
+
+  def _label_cache_places(self, cache_dir: str) -> list[tuple[str, bool]]:
+    """(path, whether its folder may be created) where the label cache may be: beside
+    the data (the dataset's version folder, so its name and version are the
+    key; only a prepared one, and never created: TFDS takes a folder without
+    its dataset_info.json for a broken dataset), then under `cache_dir`."""
+    info = getattr(self.source, "dataset_info", None)
+    places = []
+    data_dir = os.fspath(getattr(info, "data_dir", "") or "")
+    if data_dir and storage.exists(storage.join(data_dir, "dataset_info.json")):
+      places.append((storage.join(data_dir, f"ssl_jax-labels-{self.split}.npy"), False))
+    if cache_dir:
+      version = getattr(info, "version", "unknown")
+      places.append((storage.join(cache_dir, "label_cache",
+                                  f"{self.dataset}-{version}-{self.split}.npy"), True))
+    return places
+
+  def _cached_labels(self, cache_dir: str) -> tuple[Optional[np.ndarray], str]:
+    """(the first readable cache of this split's size, its path), or (None, "")."""
+    for path, _ in self._label_cache_places(cache_dir):
+      try:
+        labels = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+      except Exception:  # noqa: BLE001  absent, unreadable or damaged: read the records
+        continue
+      if labels.shape == (self._len,) and labels.dtype == np.int32:
+        return labels.copy(), path
+    return None, ""
+
+  def _write_labels(self, labels: np.ndarray, cache_dir: str) -> Optional[str]:
+    """Writes the cache in the first place that takes it; its path, or None."""
+    buffer = io.BytesIO()
+    np.save(buffer, labels, allow_pickle=False)
+    for path, create_folder in self._label_cache_places(cache_dir):
+      try:
+        if create_folder:
+          storage.path(os.path.dirname(path)).mkdir(parents=True, exist_ok=True)
+        storage.write_bytes_atomic(path, buffer.getvalue())
+        return path
+      except Exception:  # noqa: BLE001  read-only data, a bucket without write access
+        continue
+    return None
+
+  def _read_labels(self, positions: np.ndarray, log=print) -> np.ndarray:
+    """Labels of the given records, read from them (logged for an ImageNet-sized split)."""
     if len(positions) > 20000:
       log(f"reading the labels of {len(positions)} records of {self.description}")
     src, out = self.source, []

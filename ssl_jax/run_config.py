@@ -86,8 +86,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if config.data.get("on_device", False) or not config.augment.on_device:
       raise ConfigError("config.data.stream=True streams to the device's augmentation: it "
                         "needs config.data.on_device=False and config.augment.on_device=True.")
-    if int(config.data.get("workers", 0)) < 0:
-      raise ConfigError(f"config.data.workers must be >= 0, got {config.data.workers}.")
+    if int(config.data.get("workers", 0)) < -1:
+      raise ConfigError(f"config.data.workers must be >= 0, or -1 for one per core, got "
+                        f"{config.data.workers}.")
   allowed("parallel", config.get("parallel", "pmap"), mapping.PARALLEL)
   if int(config.get("preemption_check_steps", 1)) < 1:
     raise ConfigError(f"config.preemption_check_steps must be >= 1, got "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import time
 from typing import Iterator
 
@@ -241,12 +242,24 @@ class RecordImages:
       yield out["image"]
 
 
+def worker_count(workers: int) -> int:
+  """config.data.workers as a count: -1 is one per core this process may run on."""
+  if workers != -1:
+    return workers
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # platforms without CPU affinity (macOS)
+    return os.cpu_count() or 1
+
+
 def load_split(data_cfg, split: str, *, fraction: float, seed: int, num_shards: int = 1,
                process_index: int = 0, process_count: int = 1,
-               log=print) -> data_lib.Split:
+               log=print, cache_dir: str = "") -> data_lib.Split:
   """This process's rows of a seeded `fraction` of `split`, streamed: nothing is decoded yet.
 
-  Labels are read here (free for folders: the class folder names them).
+  Labels are read here (free for folders: the class folder names them; a
+  `tfds:` split's are read from its records once, then cached beside the
+  data or under `cache_dir`, see `records.TfdsRecords.labels`).
   """
   records = records_lib.open_records(data_cfg.source, split,
                                      data_cfg.get("tfds_data_dir", ""))
@@ -257,9 +270,12 @@ def load_split(data_cfg, split: str, *, fraction: float, seed: int, num_shards: 
   lo, hi = layout.local_bounds
   reader = _Reader(records, positions[lo:hi], lo, int(data_cfg.image_size),
                    bool(data_cfg.get("skip_corrupt", False)))
-  images = RecordImages(reader, int(data_cfg.get("workers", 0)))
-  labels = records.labels(positions[lo:hi], log)
-  log(f"streaming {hi - lo} of the {layout.num_examples} examples of {records.description}")
+  images = RecordImages(reader, worker_count(int(data_cfg.get("workers", 0))))
+  labels = records.labels(positions[lo:hi], log, cache_dir)
+  log(f"streaming {hi - lo} of the {layout.num_examples} examples of {records.description}"
+      f" ({images.workers} worker processes)" if images.workers else
+      f"streaming {hi - lo} of the {layout.num_examples} examples of {records.description}"
+      " (threads of this process)")
   return data_lib.Split(images, labels, records.class_names, positions[lo:hi], layout)
 
 

@@ -124,7 +124,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
   log = _setup_log(config, nd, is_main)
 
   try:
-    train, test, skipped = builders.load_data(config, log)
+    train, test, skipped = builders.load_data(config, log, workdir)
   except downloads.DownloadFailed as e:
     raise downloads.DownloadFailed(f"{e} {_other_source_hint(config)}") from None
   num_classes = builders.count_classes(train, test)
@@ -401,7 +401,7 @@ def _evaluate_untrained(config, p_eval, state, train, test, num_classes: int, lo
 def evaluate_checkpoint(workdir: str) -> dict:
   """kNN and linear top-1 of the latest checkpoint in `workdir`."""
   config = run_files.load_run_config(workdir)
-  train, test, _ = builders.load_data(config)
+  train, test, _ = builders.load_data(config, workdir=workdir)
   num_classes = builders.count_classes(train, test)
   for note in builders.label_notes(train, test):
     print(note)

@@ -250,3 +250,8 @@ def test_data_workers_leave_ctrl_c_to_the_training_process():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
+def test_minus_one_workers_is_one_per_core_this_process_may_use():
+  assert stream.worker_count(-1) == len(os.sched_getaffinity(0)) >= 1
+  assert stream.worker_count(0) == 0 and stream.worker_count(3) == 3

@@ -138,6 +138,47 @@ def test_streaming_an_array_record_dataset_keeps_its_record_order(tmp_path):
   assert set(out[0]["index"].reshape(-1)) <= {3, 4, 5}
 
 
+def test_streamed_tfds_labels_are_read_once_then_come_from_the_cache(tmp_path, monkeypatch):
+  from ssl_jax import records, stream
+  TinyJpegs(data_dir=str(tmp_path / "data"), file_format="array_record").download_and_prepare()
+  cfg = _stream_cfg("tfds:tiny_jpegs", tmp_path / "data")
+  truth = [r["label"] for r in tfds.data_source("tiny_jpegs", split="train",
+                                                 data_dir=str(tmp_path / "data"))]
+  reads = []
+  read = records.TfdsRecords._read_labels
+  monkeypatch.setattr(records.TfdsRecords, "_read_labels",
+                      lambda self, pos, log=print: reads.append(len(pos)) or read(self, pos, log))
+
+  def load(fraction, cache_dir=""):
+    lines = []
+    split = stream.load_split(cfg, "train", fraction=fraction, seed=0, log=lines.append,
+                              cache_dir=cache_dir)
+    want = [truth[p] for p in data_lib.subset_positions(12, fraction, 0)]
+    np.testing.assert_array_equal(split.labels, want)
+    return next(line for line in lines if line.startswith("labels of"))
+
+  # Half the split: those 6 records are read, and cached beside the data.
+  line = load(0.5)
+  beside = tmp_path / "data" / "tiny_jpegs" / "1.0.0" / "ssl_jax-labels-train.npy"
+  assert reads == [6] and f"cached in {beside}" in line
+  # Again: no record read. The whole split: only the other 6.
+  assert "from the label cache" in load(0.5) and reads == [6]
+  load(1.0)
+  assert reads == [6, 6] and "from the label cache" in load(1.0) and reads == [6, 6]
+  # A damaged cache is read around, and rewritten.
+  beside.write_bytes(b"not an array")
+  load(1.0)
+  assert reads == [6, 6, 12] and "from the label cache" in load(1.0)
+  # Data that cannot be written beside (here: a folder where the file would go): the
+  # cache goes to the run's folder.
+  beside.unlink()
+  beside.mkdir()
+  line = load(1.0, cache_dir=str(tmp_path / "run"))
+  assert f"cached in {tmp_path / 'run' / 'label_cache' / 'tiny_jpegs-1.0.0-train.npy'}" in line
+  assert "from the label cache" in load(1.0, cache_dir=str(tmp_path / "run"))
+  assert "not cached (no writable folder)" in load(1.0) and reads == [6, 6, 12, 12, 12]
+
+
 def test_streaming_refuses_tfrecord_data_and_missing_splits_in_one_line(tmp_path):
   from ssl_jax import records
   TinyJpegs(data_dir=str(tmp_path)).download_and_prepare()   # TFRecord, TFDS's default
