@@ -72,6 +72,7 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   # Grain's workers instead of a split decoded into memory; for ImageNet scale.
   config.data.stream = False
   config.data.workers = 0            # Grain worker processes (0: threads of this process; -1: one per core)
+  config.data.prefetch = 2           # batches sent to the devices ahead of the step (>= 1)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"

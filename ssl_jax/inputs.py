@@ -89,6 +89,7 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
   """The step inputs of epoch `epoch` from its step `start` on (global step `step`)."""
   # Straight to the mapped step's layout: global arrays for config.parallel="mesh".
   put = mapping.to_global if config.get("parallel", "pmap") == "mesh" else devices.place
+  depth = int(config.data.get("prefetch", 2))  # batches on the devices ahead of the step
   if resident is not None:
     # One transfer of the epoch's indices [D, steps, b]; no per-step host work.
     ids = np.swapaxes(data_lib.epoch_indices(
@@ -105,12 +106,12 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
         train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
         epoch=epoch, start_step=start, views=methods.get(config.method).num_views,
         scale=tuple(a.crop_scale), ratio=tuple(a.get("crop_ratio", (3 / 4, 4 / 3))))
-    return EpochInput(((b,) for b in devices.prefetch(stream, 2, put)), stream,
-                      int(config.data.get("workers", 0)))
+    return EpochInput(((b,) for b in devices.prefetch(stream, depth, put)), stream,
+                      stream_lib.worker_count(int(config.data.get("workers", 0))))
   batches = data_lib.train_batches(
       train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
       epoch=epoch, start_step=start)
   batches = ({"image": b["image"], "index": b["index"]} for b in batches)
   if host_augment is not None:
     batches = (host_augment(b, s) for s, b in enumerate(batches, step))
-  return EpochInput((b,) for b in devices.prefetch(batches, 2, put))
+  return EpochInput((b,) for b in devices.prefetch(batches, depth, put))

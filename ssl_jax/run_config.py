@@ -89,6 +89,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if int(config.data.get("workers", 0)) < -1:
       raise ConfigError(f"config.data.workers must be >= 0, or -1 for one per core, got "
                         f"{config.data.workers}.")
+  if int(config.data.get("prefetch", 2)) < 1:
+    raise ConfigError(f"config.data.prefetch must be >= 1, got {config.data.prefetch}.")
   allowed("parallel", config.get("parallel", "pmap"), mapping.PARALLEL)
   if int(config.get("preemption_check_steps", 1)) < 1:
     raise ConfigError(f"config.preemption_check_steps must be >= 1, got "

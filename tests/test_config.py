@@ -46,6 +46,7 @@ def test_streaming_and_bank_knn_options_are_checked():
       ({"data.stream": True, "data.on_device": True}, "data.stream=True streams to the device"),
       ({"data.stream": True, "augment.on_device": False}, "data.stream=True streams to the device"),
       ({"data.stream": True, "data.workers": -2}, "config.data.workers must be >= 0, or -1"),
+      ({"data.prefetch": 0}, "config.data.prefetch must be >= 1"),
       ({"method": "simclr", "eval.knn_source": "bank"}, "knn_source='bank' needs a method with a"),
   ]:
     config = tiny_config(**{k: v for k, v in overrides.items() if k != "method"})

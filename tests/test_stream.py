@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -255,3 +256,19 @@ def test_data_workers_leave_ctrl_c_to_the_training_process():
 def test_minus_one_workers_is_one_per_core_this_process_may_use():
   assert stream.worker_count(-1) == len(os.sched_getaffinity(0)) >= 1
   assert stream.worker_count(0) == 0 and stream.worker_count(3) == 3
+
+
+def test_prefetch_keeps_the_configured_number_of_batches_ahead():
+  from ssl_jax import devices
+  pulled = []
+
+  def batches():
+    for i in range(5):
+      pulled.append(i)
+      yield np.full((jax.local_device_count(), 2), i, np.float32)
+  for depth in (1, 3):
+    pulled.clear()
+    it = devices.prefetch(batches(), depth)
+    first = next(it)
+    assert float(np.asarray(first).reshape(-1)[0]) == 0 and len(pulled) == depth
+    assert [float(np.asarray(b).reshape(-1)[0]) for b in it] == [1, 2, 3, 4]
