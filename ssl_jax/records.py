@@ -58,6 +58,11 @@ class FolderRecords:
     return self._labels[positions]
 
 
+# A label cache's entry for a record not read yet (not -1: STL-10's unlabelled
+# split labels every record -1).
+UNREAD = np.iinfo(np.int32).min
+
+
 class TfdsRecords:
   """One split of a TFDS dataset in ArrayRecord format, records read by position."""
 
@@ -128,13 +133,13 @@ class TfdsRecords:
 
     A record holds its label beside its image, so a label costs a read of
     the record: ImageNet's labels are all of its 140 GB. They are read once
-    and cached as one int32 array over the full split (-1 where not read
-    yet), beside the data when that folder is writable, else under
+    and cached as one int32 array over the full split (UNREAD where not
+    read yet), beside the data when that folder is writable, else under
     `cache_dir` (the run's workdir); the log says which.
     """
     cached, where = self._cached_labels(cache_dir)
-    labels = cached if cached is not None else np.full(self._len, -1, np.int32)
-    missing = np.unique(positions[labels[positions] < 0])
+    labels = cached if cached is not None else np.full(self._len, UNREAD, np.int32)
+    missing = np.unique(positions[labels[positions] == UNREAD])
     if not len(missing):
       log(f"labels of {self.description}: from the label cache {where}")
       return labels[positions]

@@ -177,6 +177,13 @@ def test_streamed_tfds_labels_are_read_once_then_come_from_the_cache(tmp_path, m
   assert f"cached in {tmp_path / 'run' / 'label_cache' / 'tiny_jpegs-1.0.0-train.npy'}" in line
   assert "from the label cache" in load(1.0, cache_dir=str(tmp_path / "run"))
   assert "not cached (no writable folder)" in load(1.0) and reads == [6, 6, 12, 12, 12]
+  # Records labelled -1 (STL-10's unlabelled split) are cached like any other.
+  monkeypatch.setattr(records.TfdsRecords, "_read_labels", lambda self, pos, log=print:
+                      reads.append(len(pos)) or np.full(len(pos), -1, np.int32))
+  src = records.open_records("tfds:tiny_jpegs", "train", str(tmp_path / "data"))
+  for _ in range(2):
+    assert (src.labels(np.arange(12), cache_dir=str(tmp_path / "run2")) == -1).all()
+  assert reads == [6, 6, 12, 12, 12, 12]
 
 
 def test_streaming_refuses_tfrecord_data_and_missing_splits_in_one_line(tmp_path):
