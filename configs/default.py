@@ -170,6 +170,12 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.eval.linear_batch_size = 256
   config.eval.linear_lr = 1e-3
   config.eval.linear_weight_decay = 5e-6
+  # Few labels, at the final evaluation (ssl_jax/evaluate/lowshot.py): kNN and
+  # the probe also fit on class-balanced subsets, e.g. (0.01, 0.1) of the
+  # labels or (1, 5, 10) per class, each drawn with lowshot_seeds seeds.
+  config.eval.label_fractions = ()
+  config.eval.shots_per_class = ()
+  config.eval.lowshot_seeds = 3
 
   config.log_every_steps = 50
   config.checkpoint_every_epochs = 1

@@ -330,7 +330,7 @@ def shard_features(config, feats: np.ndarray, split: data_lib.Split) -> evaluate
 
 def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
                    linear: bool, bank: Optional[np.ndarray] = None,
-                   test_only: bool = False) -> dict:
+                   test_only: bool = False, log=print) -> dict:
   """Features of both splits with the current network, then kNN (and linear probe).
 
   bank: the memory bank [N, d] (host); adds `knn_top1_bank`, the test
@@ -338,6 +338,7 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   (with a bank): embeds the test split alone and reports only that, the
   `eval.knn_source="bank"` evaluation (no pass over the training set).
   Training features stay split over the devices (`evaluate.shard_rows`).
+  With `linear`, the few-label settings of config.eval add `lowshot`.
   """
   nd = jax.local_device_count()
   bs = config.eval.batch_size
@@ -359,10 +360,15 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
                                                batch_size=bs, num_devices=nd,
                                                desc="embedding the train split")
   h_rows, z_rows = shard_features(config, train_h, train), shard_features(config, train_z, train)
-  del train_h, train_z  # the host copies of this process's rows: the devices hold them now
-  return {**evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels,
-                                       config.eval, num_classes, linear=linear,
-                                       process_counts=counts), **out}
+  del train_z  # the host copy of this process's rows: the devices hold them now
+  out.update(evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels, config.eval,
+                                        num_classes, linear=linear, process_counts=counts))
+  del h_rows, z_rows
+  if linear and evaluate.lowshot.configured(config.eval):
+    out["lowshot"] = evaluate.evaluate_lowshot(train_h, train.labels, process_bounds(train),
+                                               test_h, test.labels, config.eval, num_classes,
+                                               process_counts=counts, log=log)
+  return out
 
 
 BankReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -13,6 +13,7 @@ import jax
 import ml_collections
 
 from ssl_jax import bank_objective
+from ssl_jax.evaluate import lowshot
 from ssl_jax import data as data_lib
 from ssl_jax import mapping
 from ssl_jax import methods
@@ -59,6 +60,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     profiling.profile_window(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if message := lowshot.check_config(config.eval):
+    raise ConfigError(message)
   if int(config.eval.get("freshness_probe", 0)) < 0:
     raise ConfigError(f"config.eval.freshness_probe must be >= 0 (0: off), got "
                       f"{config.eval.freshness_probe}.")

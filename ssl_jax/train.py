@@ -319,7 +319,7 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   bank = builders.bank_of(config, loop.state, loop.train.num_examples)
   final = builders.run_evaluation(
       config, p_eval, eval_variables(loop.state), loop.train, test, num_classes, linear=True,
-      bank=bank)
+      bank=bank, log=log)
   del bank
   final.update(builders.bank_freshness(
       config, p_eval, eval_variables(loop.state), loop.train,

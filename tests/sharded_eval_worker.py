@@ -16,6 +16,7 @@ from ssl_jax import data as data_lib
 from ssl_jax import distributed
 from ssl_jax import evaluate
 from tests.test_sharded_evaluation import KNN_SETTINGS, PROBE, blobs, tie_features
+from tests.test_lowshot import LOWSHOT
 
 
 def main(out: str) -> None:
@@ -37,6 +38,13 @@ def main(out: str) -> None:
   params, mean, std = evaluate.fit_probe(train, **PROBE)
   test_lo, test_hi = layouts(len(xte))[jax.process_index()].local_bounds
   accuracy = evaluate.linear_probe(train, xte[test_lo:test_hi], yte[test_lo:test_hi], **PROBE)
+  # Few labels: each process holds its own rows of every subset.
+  counts = [b - a for a, b in (l.local_bounds for l in layouts(len(xte)))]
+  few = evaluate.evaluate_lowshot(xtr[lo:hi], ytr[lo:hi], bounds, xte[test_lo:test_hi],
+                                  yte[test_lo:test_hi], LOWSHOT, 4, process_counts=counts,
+                                  log=lambda line: None)
+  result.update({f"lowshot_{name}_{m}": few[name][m]["values"] for name in few
+                 for m in ("knn_top1", "linear_top1")})
   if jax.process_index() == 0:
     np.savez(out, w=params["w"], b=params["b"], mean=mean, std=std, accuracy=accuracy,
              **result)

@@ -135,6 +135,13 @@ def test_two_processes_give_the_same_predictions_and_probe(tmp_path):
     np.testing.assert_allclose(got[key], params[key], rtol=1e-4, atol=1e-5)
   assert float(got["accuracy"]) == pytest.approx(
       evaluate.linear_probe(evaluate.shard_rows(xtr, ytr), xte, yte, **PROBE), abs=1 / len(yte))
+  from tests.test_lowshot import LOWSHOT
+  few = evaluate.evaluate_lowshot(xtr, ytr, [(0, len(xtr))], xte, yte, LOWSHOT, 4,
+                                  log=lambda line: None)
+  for name in few:
+    np.testing.assert_array_equal(got[f"lowshot_{name}_knn_top1"], few[name]["knn_top1"]["values"])
+    np.testing.assert_allclose(got[f"lowshot_{name}_linear_top1"],
+                               few[name]["linear_top1"]["values"], atol=1 / len(yte))
 
 
 def _large_constants(fn, *args) -> list:

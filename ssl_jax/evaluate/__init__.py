@@ -12,7 +12,8 @@ The command
 
 (`ssl_jax/evaluate/__main__.py`) restores the latest checkpoint of the run in
 `--workdir` (with the config the run saved there), prints kNN and linear
-top-1 and writes `<workdir>/eval.json`.
+top-1 (and, with `config.eval.label_fractions` or `shots_per_class`, the
+same fit on few labels, `lowshot.py`) and writes `<workdir>/eval.json`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from ssl_jax.evaluate.features import (extract_features, gather_labels, gather_r
                                        make_embed_fn)
 from ssl_jax.evaluate.knn import QUERY_BATCH, knn_predict, knn_program, knn_top1
 from ssl_jax.evaluate.linear import fit_probe, linear_probe, probe_program, standardization
+from ssl_jax.evaluate.lowshot import balanced_subset, evaluate_lowshot, subset_rows
 from ssl_jax.evaluate.rows import FEATURE_DTYPES, Rows, shard_rows
 
 __all__ = ["extract_features", "gather_labels", "gather_rows", "make_embed_fn", "QUERY_BATCH",
            "knn_predict", "knn_program", "knn_top1", "fit_probe", "linear_probe",
            "probe_program", "standardization", "FEATURE_DTYPES", "Rows", "shard_rows",
-           "evaluate_features"]
+           "evaluate_features", "balanced_subset", "evaluate_lowshot", "subset_rows"]
 
 
 def evaluate_features(train_h: Rows, train_z: Rows, test_h: np.ndarray, test_z: np.ndarray,
