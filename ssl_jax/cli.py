@@ -241,32 +241,55 @@ def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> N
 def evaluation_sentence(result: dict, path: str) -> str:
   """What `python -m ssl_jax.evaluate`'s numbers are, in words."""
   pct = lambda x: f"{100 * x:.2f}%"
-  return (f"checkpoint of step {result['step']} (epoch {result['epoch']:.2f}): kNN top-1 "
+  when = (f"epoch {result['epoch']:.2f}" if "epoch" in result else f"step {result['step']}")
+  where = (f"on {result['test_data']} (fit on {result['train_data']}); written to {path} "
+           f"under datasets" if "test_data" in result else f"on the test split; written to {path}")
+  return (f"checkpoint of step {result['step']} ({when}): kNN top-1 "
           f"{pct(result['knn_top1'])} on backbone features ({pct(result['knn_top1_embedding'])} "
-          f"on the projection), linear probe top-1 {pct(result['linear_top1'])}, on the test "
-          f"split; written to {path}.")
+          f"on the projection), linear probe top-1 {pct(result['linear_top1'])}, {where}.")
 
 
 def evaluate_command() -> None:
   """`python -m ssl_jax.evaluate --workdir W`: kNN and linear top-1 of W's latest checkpoint.
 
-  Prints the result as JSON and writes it to `<workdir>/eval.json`.
+  Prints the result as JSON and writes it to `<workdir>/eval.json`. With
+  `--train_data SRC --test_data SRC` the same on another labelled dataset,
+  written under eval.json's `datasets`, keyed by the two sources.
   """
   from absl import app, flags
   flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints/.")
+  flags.DEFINE_string("train_data", None, "Another labelled split to fit kNN and the probe on: "
+                      "folder:PATH (PATH/<class>/<image>, or a tar of one such folder) or "
+                      "tfds:NAME[:SPLIT]. Needs --test_data.")
+  flags.DEFINE_string("test_data", None, "The labelled split to test on (as --train_data).")
   flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
   flags.mark_flag_as_required("workdir")
 
   def main(argv) -> None:
     no_positional_arguments(argv)
     workdir, debug = flags.FLAGS.workdir, flags.FLAGS.debug
+    train_data, test_data = flags.FLAGS.train_data, flags.FLAGS.test_data
     quiet_libraries(debug)
+    if bool(train_data) != bool(test_data):
+      raise SystemExit("error: --train_data and --test_data go together (the probe is fit on "
+                       "the first and tested on the second).")
     from ssl_jax import storage, train  # the shell that rebuilds a run
     t0 = time.time()
-    result = run_guarded(lambda: train.evaluate_checkpoint(workdir), debug)
-    result["wall_seconds"] = time.time() - t0
     path = storage.join(workdir, "eval.json")
-    storage.write_json_atomic(path, result)
+    previous = storage.read_json(path) if storage.exists(path) else {}
+    if train_data:
+      from ssl_jax.evaluate import other_data
+      result = run_guarded(lambda: train.evaluate_on(workdir, train_data, test_data), debug)
+      result["wall_seconds"] = time.time() - t0
+      # Beside the run's own evaluation: one entry per (train, test) pair.
+      written = {**previous, "datasets": {**previous.get("datasets", {}),
+                                          other_data.result_key(train_data, test_data): result}}
+    else:
+      result = run_guarded(lambda: train.evaluate_checkpoint(workdir), debug)
+      result["wall_seconds"] = time.time() - t0
+      written = {**result, **({"datasets": previous["datasets"]} if "datasets" in previous
+                              else {})}
+    storage.write_json_atomic(path, written)
     print(json.dumps(result, indent=2))
     print(evaluation_sentence(result, path))
 

@@ -417,3 +417,24 @@ def evaluate_checkpoint(workdir: str) -> dict:
   result = builders.run_evaluation(config, p_eval, devices.replicate(steps.variables(state)),
                                    train, test, num_classes, linear=True)
   return {"step": int(state.step), "epoch": int(state.step) / max(steps_per_epoch, 1), **result}
+
+
+def evaluate_on(workdir: str, train_spec: str, test_spec: str) -> dict:
+  """kNN and linear top-1 of the latest checkpoint in `workdir` on another labelled dataset:
+  fit on `train_spec`'s split, tested on `test_spec`'s (`evaluate/other_data.py`)."""
+  from ssl_jax import encoder as encoder_lib
+  from ssl_jax.evaluate import other_data
+  enc = encoder_lib.load_encoder(workdir)
+  config = enc.config
+  train = other_data.load(config, train_spec, "train", num_shards(config))
+  test = other_data.match_classes(
+      train, other_data.load(config, test_spec, "test", num_shards(config)), train_spec, test_spec)
+  for note in builders.label_notes(train, test):
+    print(note)
+  model = builders.build_model(config)
+  p_eval = evaluate.make_embed_fn(model, builders.augment_config(config))
+  result = builders.run_evaluation(config, p_eval, devices.replicate(enc.variables), train, test,
+                                   builders.count_classes(train, test), linear=True)
+  return {"step": enc.step, "train_data": train_spec, "test_data": test_spec,
+          "num_train_examples": train.num_examples, "num_test_examples": test.num_examples,
+          **result}

@@ -231,3 +231,97 @@ def test_the_readme_python_block_runs(run, tmp_path):
   assert scope["image"].shape == (32, 32, 3) and scope["z"].shape == (1, 128)
   assert scope["h"].shape[0] == 1
 
+
+
+def _library_features(enc, folder):
+  """(h, labels) of every image under folder/<class>/, through the public encoder API."""
+  classes = sorted(os.listdir(folder))
+  files = [(i, os.path.join(folder, c, f)) for i, c in enumerate(classes)
+           for f in sorted(os.listdir(os.path.join(folder, c)))]
+  images = np.stack([enc.preprocess(Image.open(path)) for _, path in files])
+  return enc.embed(images)[0], np.asarray([i for i, _ in files], np.int32)
+
+
+@needs_cifar10
+def test_evaluating_on_another_dataset_is_the_library_on_its_images(run, tmp_path):
+  """`--train_data/--test_data`: the numbers of load_encoder + embed + kNN / probe."""
+  import json
+  from ssl_jax import evaluate, train
+  from tests.helpers import cifar10_folder
+  workdir, _ = run
+  root = cifar10_folder(tmp_path / "other", train_per_class=8, test_per_class=5)
+  train_spec, test_spec = f"folder:{root}/train", f"folder:{root}/test"
+  result = train.evaluate_on(str(workdir), train_spec, test_spec)
+  enc = ssl_jax.load_encoder(workdir)
+  (h_train, y_train), (h_test, y_test) = (_library_features(enc, f"{root}/{s}")
+                                          for s in ("train", "test"))
+  assert (result["num_train_examples"], result["num_test_examples"]) == (80, 50)
+  e = enc.config.eval
+  rows = evaluate.shard_rows(h_train, y_train)
+  assert result["knn_top1"] == evaluate.knn_top1(rows, h_test, y_test, k=e.knn_k,
+                                                 temperature=e.knn_temperature, num_classes=10)
+  probe = evaluate.linear_probe(rows, h_test, y_test, num_classes=10, epochs=e.linear_epochs,
+                                batch_size=e.linear_batch_size, lr=e.linear_lr,
+                                weight_decay=e.linear_weight_decay)
+  assert result["linear_top1"] == pytest.approx(probe, abs=1 / 50)
+  # The command writes it under `datasets`, and the run's own evaluation keeps it.
+  out = _ok(_cli("ssl_jax.evaluate", "--workdir", workdir, "--train_data", train_spec,
+                 "--test_data", test_spec))
+  assert f"on {test_spec} (fit on {train_spec}); written to {workdir}/eval.json" in out
+  _ok(_cli("ssl_jax.evaluate", "--workdir", workdir))
+  saved = json.load(open(workdir / "eval.json"))
+  assert saved["datasets"][f"{train_spec} -> {test_spec}"]["knn_top1"] == result["knn_top1"]
+  assert "knn_top1" in saved and saved["step"] == result["step"]
+
+
+@needs_cifar10
+def test_another_dataset_that_cannot_be_used_is_one_line(run, tmp_path):
+  import tarfile
+  from ssl_jax import train
+  from ssl_jax.evaluate import other_data
+  from ssl_jax.sources import DataError
+  from tests.helpers import cifar10_folder
+  workdir, _ = run
+  root = pathlib.Path(cifar10_folder(tmp_path / "c", train_per_class=2, test_per_class=2))
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  (flat / "a.jpg").write_bytes(b"x")
+  with pytest.raises(DataError, match="has no class folders"):
+    other_data.parse(f"folder:{flat}", "train")
+  with pytest.raises(DataError, match="no folder or tar archive at"):
+    other_data.parse(f"folder:{tmp_path / 'absent'}", "train")
+  with pytest.raises(DataError, match="is 'folder:PATH' or 'tfds:NAME"):
+    other_data.parse("imagenet", "train")
+  assert other_data.parse("tfds:cifar100", "test") == ("tfds:cifar100", "test")
+  assert other_data.parse("tfds:cifar100:train[:10%]", "test") == ("tfds:cifar100",
+                                                                   "train[:10%]")
+  # A tar of one folder of class folders; one of two folders is not.
+  with tarfile.open(tmp_path / "t.tar", "w") as tar:
+    tar.add(root / "train", arcname="pets")
+  assert other_data.parse(f"folder:{tmp_path / 't.tar'}", "x") == (
+      f"folder:{tmp_path / 't.tar'}", "pets")
+  with tarfile.open(tmp_path / "two.tar", "w") as tar:
+    tar.add(root, arcname="top-a")
+    tar.add(root / "train", arcname="top-b")
+  with pytest.raises(DataError, match="one top folder of class folders"):
+    other_data.parse(f"folder:{tmp_path / 'two.tar'}", "x")
+  # A test class the training side never saw.
+  (root / "test" / "zebra").mkdir()
+  (root / "test" / "zebra" / "z.jpg").write_bytes(
+      next((root / "test" / "cat").iterdir()).read_bytes())
+  with pytest.raises(DataError, match=r"test classes \['zebra'\] of folder:.* are not among"):
+    train.evaluate_on(str(workdir), f"folder:{root}/train", f"folder:{root}/test")
+  line = _one_error_line(_cli("ssl_jax.evaluate", "--workdir", workdir, "--test_data",
+                              f"folder:{root}/test"))
+  assert "--train_data and --test_data go together" in line
+
+
+def test_test_classes_are_matched_to_the_training_classes_by_name():
+  from ssl_jax import data as data_lib
+  from ssl_jax.evaluate import other_data
+  split = lambda labels, names: data_lib.Split(np.zeros((len(labels), 2, 2, 3), np.uint8),
+                                               np.asarray(labels, np.int32), names)
+  train = split([0, 1, 2, 3], ("bird", "cat", "deer", "dog"))
+  test = other_data.match_classes(train, split([1, 0, 1], ("cat", "dog")), "a", "b")
+  np.testing.assert_array_equal(test.labels, [3, 1, 3])
+  assert test.class_names == train.class_names
