@@ -74,7 +74,9 @@ def test_chunked_sharded_pass_equals_the_sharded_pass(n, chunk, update, kl_weigh
     np.testing.assert_allclose(chunked[0][key], unchunked[0][key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
   np.testing.assert_allclose(chunked[1], unchunked[1], rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(chunked[2], unchunked[2], rtol=1e-5, atol=1e-6)
+  # Unit rows after a bank step that scales a float32 sum by bank.lr: 1.3e-6 apart on
+  # an AMD EPYC host (2026-12-04); a row a chunk missed moves by 1e-2 or more.
+  np.testing.assert_allclose(chunked[2], unchunked[2], rtol=1e-5, atol=5e-6)
   np.testing.assert_array_equal(np.asarray(chunked[2]).reshape(-1, 8)[n:], 0.0)  # padding
 
 

@@ -216,5 +216,10 @@ def test_a_checkpoint_resumes_on_another_device_count(tmp_path, saved_on, resume
   runs.run(tmp_path / "unbroken", *small, env=env(resumed_on))
   assert runs.summary(tmp_path / "broken")["devices"] == resumed_on
   a, b = runs.final_state(tmp_path / "broken"), runs.final_state(tmp_path / "unbroken")
+  # Per leaf, the size of the difference against the size of the leaf. Elementwise
+  # bounds failed on an AMD EPYC host (2026-12-04): one momentum entry of 8 differed
+  # by 0.2% after the steps amplified a sum-order difference. A mis-cut bank or a
+  # lost optimizer state differs by O(1).
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert np.linalg.norm(x - y) <= 1e-2 * np.linalg.norm(y) + 1e-5, jax.tree_util.keystr(path)
