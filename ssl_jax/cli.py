@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from typing import Callable, NoReturn, Optional, Sequence
 
 # What a user can fix from the message alone: bad configs and data
@@ -218,6 +219,10 @@ def quiet_libraries(debug: bool) -> None:
     for name in ("absl", "asyncio"):  # a logger's filters see only its own records
       std_logging.getLogger(name).addFilter(_OrbaxErrors())
     sys.unraisablehook = _unraisable(sys.unraisablehook)
+    # A save the disk cut short leaves orbax's write coroutines unawaited, and
+    # Python warns about them at exit, after the run's one-line error.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
 
 
 def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> None:
