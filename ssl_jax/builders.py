@@ -360,11 +360,16 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
                                                batch_size=bs, num_devices=nd,
                                                desc="embedding the train split")
   h_rows, z_rows = shard_features(config, train_h, train), shard_features(config, train_z, train)
-  del train_z  # the host copy of this process's rows: the devices hold them now
+  # The host copies of this process's rows: the devices hold them now. The
+  # few-label settings pick their subsets from the host's h.
+  few_labels = linear and evaluate.lowshot.configured(config.eval)
+  del train_z
+  if not few_labels:
+    del train_h
   out.update(evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels, config.eval,
                                         num_classes, linear=linear, process_counts=counts))
   del h_rows, z_rows
-  if linear and evaluate.lowshot.configured(config.eval):
+  if few_labels:
     out["lowshot"] = evaluate.evaluate_lowshot(train_h, train.labels, process_bounds(train),
                                                test_h, test.labels, config.eval, num_classes,
                                                process_counts=counts, log=log)

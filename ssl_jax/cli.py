@@ -246,10 +246,10 @@ def run_command(work: Callable[[], Optional[str]], required: Sequence[str]) -> N
 def evaluation_sentence(result: dict, path: str) -> str:
   """What `python -m ssl_jax.evaluate`'s numbers are, in words."""
   pct = lambda x: f"{100 * x:.2f}%"
-  when = (f"epoch {result['epoch']:.2f}" if "epoch" in result else f"step {result['step']}")
+  when = f" (epoch {result['epoch']:.2f})" if "epoch" in result else ""
   where = (f"on {result['test_data']} (fit on {result['train_data']}); written to {path} "
            f"under datasets" if "test_data" in result else f"on the test split; written to {path}")
-  return (f"checkpoint of step {result['step']} ({when}): kNN top-1 "
+  return (f"checkpoint of step {result['step']}{when}: kNN top-1 "
           f"{pct(result['knn_top1'])} on backbone features ({pct(result['knn_top1_embedding'])} "
           f"on the projection), linear probe top-1 {pct(result['linear_top1'])}, {where}.")
 

@@ -107,7 +107,7 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
         epoch=epoch, start_step=start, views=methods.get(config.method).num_views,
         scale=tuple(a.crop_scale), ratio=tuple(a.get("crop_ratio", (3 / 4, 4 / 3))))
     return EpochInput(((b,) for b in devices.prefetch(stream, depth, put)), stream,
-                      stream_lib.worker_count(int(config.data.get("workers", 0))))
+                      train.images.workers)
   batches = data_lib.train_batches(
       train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
       epoch=epoch, start_step=start)

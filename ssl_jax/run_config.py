@@ -13,13 +13,13 @@ import jax
 import ml_collections
 
 from ssl_jax import bank_objective
-from ssl_jax.evaluate import lowshot
 from ssl_jax import data as data_lib
 from ssl_jax import mapping
 from ssl_jax import methods
 from ssl_jax import models
 from ssl_jax import optim
 from ssl_jax import profiling
+from ssl_jax.evaluate import lowshot
 
 
 class ConfigError(ValueError):

@@ -272,10 +272,9 @@ def load_split(data_cfg, split: str, *, fraction: float, seed: int, num_shards: 
                    bool(data_cfg.get("skip_corrupt", False)))
   images = RecordImages(reader, worker_count(int(data_cfg.get("workers", 0))))
   labels = records.labels(positions[lo:hi], log, cache_dir)
+  pool = f"{images.workers} worker processes" if images.workers else "threads of this process"
   log(f"streaming {hi - lo} of the {layout.num_examples} examples of {records.description}"
-      f" ({images.workers} worker processes)" if images.workers else
-      f"streaming {hi - lo} of the {layout.num_examples} examples of {records.description}"
-      " (threads of this process)")
+      f" ({pool})")
   return data_lib.Split(images, labels, records.class_names, positions[lo:hi], layout)
 
 

@@ -78,11 +78,6 @@ def _check_same_config(saved: dict, config: ml_collections.ConfigDict, where: st
                      + f"). {fix}")
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
 def record_path(config: ml_collections.ConfigDict, variant: str, seed: int) -> Optional[str]:
   """Where the sweep keeps (variant, seed)'s run record, or None without config.records_dir."""
   records = config.get("records_dir", "")
@@ -92,8 +87,8 @@ def record_path(config: ml_collections.ConfigDict, variant: str, seed: int) -> O
 def _write_record(path: str, workdir: str, summary: dict) -> None:
   from ssl_jax import storage
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  record = {"config": _read_json(os.path.join(workdir, "config.json")), "summary": summary}
-  storage.write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+  storage.write_json_atomic(path, {"config": storage.read_json(os.path.join(workdir, "config.json")),
+                                   "summary": summary})
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str,
@@ -103,15 +98,16 @@ def run_one(config: ml_collections.ConfigDict, workdir: str,
   With `record` (a path, see `record_path`): a run folder without a summary
   is replaced by the record when one exists, and a finished run writes one.
   """
+  from ssl_jax import storage
   saved_path = os.path.join(workdir, "config.json")
   if os.path.exists(saved_path):
-    _check_same_config(_read_json(saved_path), config, workdir,
+    _check_same_config(storage.read_json(saved_path), config, workdir,
                        "Delete that folder or use another --workdir.")
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
-    summary = _read_json(summary_path)
+    summary = storage.read_json(summary_path)
   elif record and os.path.exists(record):
-    saved = _read_json(record)
+    saved = storage.read_json(record)
     _check_same_config(saved["config"], config, record,
                        "Delete that record (and its run folder) to train it again.")
     return saved["summary"]

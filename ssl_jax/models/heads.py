@@ -17,9 +17,10 @@ import jax.numpy as jnp
 
 
 def batch_norm(train: bool, dtype: Any, axis_name: Optional[str]) -> Callable[..., nn.BatchNorm]:
-  """The BatchNorm constructor of the backbones and the MLP heads. In training, with `axis_name` (the data
-  axis), it normalises with the global batch's statistics, so a step is the
-  same whatever the device count; at evaluation, with the running averages."""
+  """The BatchNorm constructor of the backbones and the MLP heads. In training,
+  with `axis_name` (the data axis), it normalises with the global batch's
+  statistics, so a step is the same whatever the device count; at
+  evaluation, with the running averages."""
   return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                            epsilon=1e-5, dtype=dtype, axis_name=axis_name if train else None)
 
