@@ -42,7 +42,7 @@ def _block(tree):
 
 
 def _cost_flops(compiled) -> float | None:
-  from ssl_jax import compute  # the count config.train_flops plans with
+  from ssl_jax import compute
   return compute.cost_flops(compiled)
 
 
@@ -81,7 +81,7 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   import numpy as np
   from configs import default
   from ssl_jax import augment as augment_lib
-  from ssl_jax import builders, devices, methods, optim, train
+  from ssl_jax import builders, compute, devices, methods, optim, train
 
   config = default.set_method(copy.deepcopy(base), method)
   config.model.name, config.model.width = model_name, float(width)
@@ -117,9 +117,11 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
   lowered = p_step.lower(state, inputs)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
-  # The network's arithmetic (the count config.train_flops plans with) and what
-  # this backend's compiled program counts (more where it rewrites an op densely).
-  flops_per_device = _cost_flops(lowered) or _cost_flops(compiled)
+  # The network's arithmetic (XLA:CPU's count of the lowered step, the count
+  # config.train_flops plans with, on every device kind) and what this backend's
+  # compiled program counts (more where it rewrites an op densely; on a GPU far
+  # less, its cuDNN convolutions counting 0: see ssl_jax/compute.py).
+  flops = compute.counted_flops(step_fn, state, inputs)
   backend_flops = _cost_flops(compiled)
   memory = _memory_bytes(compiled)
   for _ in range(cfg.warmup_steps):
@@ -130,7 +132,6 @@ def step_benchmark(base, method: str, model_name: str, width: float, batch: int,
     state, sums = compiled(state, inputs)
   _block(sums)
   dt = (time.perf_counter() - t) / cfg.timed_steps
-  flops = flops_per_device * nd if flops_per_device else None
   return {
       "method": method, "model": f"{model_name} w{width:g}", "batch": batch,
       "augment": "included" if augment else "excluded", "dtype": cfg.dtype,

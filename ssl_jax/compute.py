@@ -1,18 +1,26 @@
 """Training compute: FLOPs of a train step, and runs planned to a FLOP budget.
 
 `config.train_flops` > 0 makes a run take as many whole epochs as fit the
-budget, counting each step's FLOPs from XLA's cost analysis of the lowered
-pmapped step (`step_flops`, the count the benchmarks report): the network's
-arithmetic, before a backend rewrites it. XLA:CPU, for one, turns the weight
-gradient of a depthwise convolution into a dense one, so its compiled count
-of a MobileNetV2 w1/2 step is 5.3x the lowered one (984 against 186 MFLOP per
-image for forward and backward), where ResNet-18 and ViT-Ti agree within 1%. The learning
-rate schedule, its warmup and BYOL's EMA schedule are then planned over
-exactly those epochs, so every method gets a complete schedule inside the
-same budget: "equal compute" rather than "equal epochs".
+budget, counting each step's FLOPs with `counted_flops` (the count the
+benchmarks report): XLA:CPU's cost analysis of the lowered step, the
+network's arithmetic before a backend rewrites it. It is always counted on the
+host's CPU backend, whatever the run's devices, because the accelerators' counts
+are not the network's: JAX gives no cost analysis of a lowered program on a
+PJRT plugin (the CUDA one included), and the compiled GPU program's
+convolutions are cuDNN custom calls that XLA counts as 0 FLOPs. On an H200
+(2026-12-04, experiments/gpu.sh) the compiled count of a ResNet-18 w1 train
+step at batch 512 was 0.031 GFLOP per image, about 1/60 of the network's, so a
+budget counted there weighted the methods by their heads and losses.
+Likewise XLA:CPU's compiled count turns the weight gradient of a depthwise
+convolution into a dense one: 5.3x the lowered count of a MobileNetV2 w1/2
+step (984 against 186 MFLOP per image for forward and backward), where
+ResNet-18 and ViT-Ti agree within 1%. The learning rate schedule, its warmup
+and BYOL's EMA schedule are then planned over exactly those epochs, so every
+method gets a complete schedule inside the same budget: "equal compute"
+rather than "equal epochs".
 
 The plan is kept in `<workdir>/flops_plan.json`: a resumed run takes the same
-number of epochs even where another device would count the FLOPs a little
+number of epochs even where another jax version would count the FLOPs a little
 differently.
 """
 
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -53,6 +61,32 @@ def model_flops(lowered: Any) -> Optional[float]:
   return cost_flops(lowered) or cost_flops(lowered.compile())
 
 
+def counted_flops(fn: Callable[..., Any], *stacked: Any) -> Optional[float]:
+  """FLOPs of one call of the pmapped `fn`, summed over its devices.
+
+  `stacked` are its per-device arguments (arrays or `jax.ShapeDtypeStruct`s
+  with a leading device axis [D, ...]); nothing is allocated or run. `fn` is
+  vmapped over that axis under the collectives' axis name (`devices.AXIS`, so
+  `psum` and `all_gather` see all D entries as pmap's devices would) and
+  lowered for the host's CPU backend, whose count of the lowered program is the
+  network's arithmetic on every kind of device (see the module docstring).
+  Where no CPU backend is loaded (`JAX_PLATFORMS` without cpu) the pmapped
+  program is counted on the default backend instead, D times one device's count.
+  """
+  try:
+    cpu = jax.devices("cpu")[0]
+  except RuntimeError:
+    cpu = None
+  if cpu is None:
+    d = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    per_device = model_flops(jax.pmap(fn, axis_name=devices.AXIS).lower(*stacked))
+    return per_device * d if per_device else None
+  sharding = jax.sharding.SingleDeviceSharding(cpu)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), stacked)
+  return cost_flops(jax.jit(jax.vmap(fn, axis_name=devices.AXIS)).lower(*abstract))
+
+
 def abstract_state(config, model, tx, num_examples: int, local_devices: int,
                    global_devices: int) -> Any:
   """The per-device train state [D_local, ...] as shapes only (nothing is allocated):
@@ -81,19 +115,20 @@ def abstract_stream_batch(config, local_devices: int, global_devices: int) -> di
 def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
   """FLOPs of one global train step of `config`, over every device of every process.
 
-  The pmapped step is compiled for abstract arguments of the shapes the loop
-  feeds it (no state is allocated) and XLA's count for one device is
-  multiplied by the device count. Augmentation counts where it runs on the
-  device (the default); host augmentation (`augment.on_device=False`) is not
-  counted. The device-resident gather (`data.on_device`) adds no FLOPs that
-  matter and is not compiled here.
+  The step is counted (`counted_flops`) for abstract arguments of the shapes
+  the loop feeds it, with one entry per device of the whole run (no state is
+  allocated), so SimCLR's gathered negatives and a sharded bank's logits count
+  at their real sizes. Augmentation counts where it runs on the device (the
+  default); host augmentation (`augment.on_device=False`) is not counted. The
+  device-resident gather (`data.on_device`) adds no FLOPs that matter and is
+  not counted.
   """
-  nd = jax.local_device_count()
+  nd, total = jax.local_device_count(), jax.device_count()
   model = builders.build_model(config)
   _, tx = builders.build_optimizer(config, steps_per_epoch)
-  stacked = abstract_state(config, model, tx, train.num_examples, nd, jax.device_count())
+  stacked = abstract_state(config, model, tx, train.num_examples, total, total)
   if config.data.get("stream", False):
-    batch = abstract_stream_batch(config, nd, jax.device_count())
+    batch = abstract_stream_batch(config, nd, total)
   else:
     batch = next(data_lib.train_batches(train, global_batch=int(config.batch_size),
                                         num_local_devices=nd, seed=config.seed, epoch=0))
@@ -101,14 +136,16 @@ def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:
   if not config.augment.on_device:
     batch = builders.make_host_augment(builders.augment_config(config),
                                        np.zeros(2, np.uint32))(batch, 0)
-  inputs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  # This process's batch has its nd devices' entries; every device's is the same shape.
+  inputs = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct((total, *x.shape[1:]), x.dtype), batch)
   step_fn = builders.make_train_step(config, model, tx, steps_per_epoch * config.num_epochs,
                                      train.num_examples)
-  per_device = model_flops(jax.pmap(step_fn, axis_name=devices.AXIS).lower(stacked, inputs))
-  if not per_device:
+  flops = counted_flops(step_fn, stacked, inputs)
+  if not flops:
     raise ConfigError("config.train_flops needs XLA's cost analysis, which this backend "
                       f"({jax.devices()[0].platform}) does not give; set num_epochs instead.")
-  return per_device * jax.device_count()
+  return flops
 
 
 def plan(config, train: data_lib.Split, steps_per_epoch: int, workdir: str,

@@ -60,3 +60,29 @@ def test_the_schedule_is_planned_over_the_budgeted_epochs(split, tmp_path):
   assert float(schedule(7)) > 0.3 * peak and float(schedule(14)) < 0.05 * peak
   asked, _ = builders.build_optimizer(config, spe)
   assert float(asked(7)) < 0.05 * peak  # what num_epochs=1 would have run
+
+
+@needs_cifar10
+@pytest.mark.parametrize("method,sharded", [("simclr", False), ("ours", True)])
+def test_the_cpu_count_equals_the_pmapped_programs_count(split, method, sharded):
+  """`counted_flops` (the step vmapped over the devices, lowered for the CPU: the
+  count every device kind plans with) equals D times pmap's count of one device's
+  lowered program, here where XLA:CPU counts both. SimCLR gathers its negatives and
+  a sharded bank its logits over the devices, so an axis of the wrong size shows."""
+  import jax
+  from ssl_jax import builders, data as data_lib, devices
+  config = tiny_config()
+  config.method = method
+  config.bank.sharded = sharded
+  nd = jax.local_device_count()
+  assert nd == 4
+  model = builders.build_model(config)
+  _, tx = builders.build_optimizer(config, 7)
+  state = compute.abstract_state(config, model, tx, split.num_examples, nd, nd)
+  batch = next(data_lib.train_batches(split, global_batch=int(config.batch_size),
+                                      num_local_devices=nd, seed=0, epoch=0))
+  inputs = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in ("image", "index")}
+  step_fn = builders.make_train_step(config, model, tx, 7, split.num_examples)
+  per_device = compute.model_flops(jax.pmap(step_fn, axis_name=devices.AXIS).lower(state, inputs))
+  assert compute.counted_flops(step_fn, state, inputs) == pytest.approx(nd * per_device, rel=2e-3)
+  assert compute.step_flops(config, split, 7) == pytest.approx(nd * per_device, rel=2e-3)
