@@ -219,6 +219,7 @@ def test_a_vit_forward_is_the_same_on_four_devices_as_on_one():
   np.testing.assert_allclose(outs[4][1], outs[1][1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.extended  # about 8 minutes for the 8 pairs on 2 cores
 @needs_cifar10
 @pytest.mark.parametrize("method", methods.names())
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "vit_tiny"])
@@ -272,6 +273,7 @@ def test_the_readme_backbone_registers_and_builds():
     models.BACKBONES.pop("resnet18_half", None)
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_a_vit_run_with_a_sharded_bank_loads_exports_and_embeds(tmp_path):
   """ViT-Ti through the whole system: train (AdamW, the bank split over the devices),

@@ -45,9 +45,11 @@ def _steps(config, state, model, tx, split, devs, start: int, stop: int):
 
 @needs_cifar10
 @pytest.mark.parametrize("overrides", [
-    {"bank.update_rule": "grad"},
-    {"bank.update_rule": "grad", "bank.chunk_rows": 96},    # 96 does not divide 500
-    {"bank.update_rule": "momentum", "bank.sharded": True},
+    pytest.param({"bank.update_rule": "grad"}, marks=pytest.mark.slow),
+    pytest.param({"bank.update_rule": "grad", "bank.chunk_rows": 96},  # 96 does not divide 500
+                 marks=pytest.mark.extended),
+    pytest.param({"bank.update_rule": "momentum", "bank.sharded": True},
+                 marks=pytest.mark.extended),
 ], ids=["grad", "grad-chunked", "momentum-sharded"])
 def test_a_bf16_bank_trains_and_resumes_exactly(overrides, tmp_path):
   config = tiny_config(**{"bank.dtype": "bfloat16", **overrides})

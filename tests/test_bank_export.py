@@ -33,6 +33,7 @@ def _read_image(root: str, name: str, size: int) -> np.ndarray:
     return sources.load_image(tar.extractfile(name).read(), size, name)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_the_exported_bank_is_the_checkpoints_bank_named_by_its_images(bf16_run, tmp_path):
   workdir, config = bf16_run
@@ -64,6 +65,7 @@ def test_the_exported_bank_is_the_checkpoints_bank_named_by_its_images(bf16_run,
   assert str(data["paths"][0]).split("/")[0] in shown   # rows named by their files
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_bank_export_errors_are_one_line(bf16_run, tmp_path):
   workdir, _ = bf16_run

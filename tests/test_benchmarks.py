@@ -17,8 +17,10 @@ def _cfg():
 
 
 @pytest.mark.parametrize("method,augment,model", [
-    ("ours", True, "resnet10"), ("simclr", False, "resnet10"), ("ours", True, "vit_tiny"),
-    ("simclr", True, "mobilenet_v2")])
+    pytest.param("ours", True, "resnet10", marks=pytest.mark.slow),
+    pytest.param("simclr", False, "resnet10", marks=pytest.mark.extended),
+    pytest.param("ours", True, "vit_tiny", marks=pytest.mark.extended),
+    pytest.param("simclr", True, "mobilenet_v2", marks=pytest.mark.extended)])
 def test_step_benchmark_reports_flops_memory_and_throughput(method, augment, model):
   base = quickstart.get_config()
   base.unlock()
@@ -114,6 +116,7 @@ def test_a_bad_grid_is_refused_before_anything_is_measured():
     bench.check_config(cfg, 512)
 
 
+@pytest.mark.extended
 def test_the_scale_benchmark_compiles_every_program_and_writes_its_plan(tmp_path):
   """`benchmarks/scale.py` at toy shapes: every program at each device count, the JSON
   layout the README describes, and the kNN's per-device features shrinking with D."""
@@ -169,6 +172,7 @@ def test_the_chunked_bank_benchmark_writes_its_rows(tmp_path):
   assert "| 3,000 | 64 | 1 | 256 |" in (tmp_path / "bank.md").read_text()
 
 
+@pytest.mark.extended
 def test_the_loop_overhead_benchmark_times_every_row_with_two_processes(tmp_path):
   """`benchmarks/loop_overhead.py` at toy settings: 1 and 2 processes of 2 devices,
   every row timed, the layout the README names, and the line fit to process counts."""

@@ -88,8 +88,10 @@ def test_an_unsupported_objective_is_refused():
 
 
 @needs_cifar10
-@pytest.mark.parametrize("sharded,update_rule", [(False, "grad"), (True, "grad"),
-                                                 (True, "momentum")])
+@pytest.mark.parametrize("sharded,update_rule", [
+    pytest.param(False, "grad", marks=pytest.mark.extended),
+    pytest.param(True, "grad", marks=pytest.mark.slow),
+    pytest.param(True, "momentum", marks=pytest.mark.extended)])
 def test_chunked_train_step_equals_the_unchunked_step(sharded, update_rule):
   """Three steps of the real pmapped train step on CIFAR-10 images, with and without
   chunks (C = 7 divides neither N nor N / D)."""

@@ -62,6 +62,7 @@ def _evaluation_features(workdir, split):
                                    batch_size=64, num_devices=jax.local_device_count())
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_load_encoder_embeds_what_evaluation_computes(run):
   workdir, test = run
@@ -86,6 +87,7 @@ def test_load_encoder_embeds_what_evaluation_computes(run):
     os.chdir(REPO)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_export_then_load_equals_the_workdir(run, tmp_path):
   workdir, test = run
@@ -145,6 +147,7 @@ def test_preprocess_handles_orientation_depth_and_any_array(tmp_path):
     ssl_jax.preprocess(np.zeros((4, 4, 2), np.uint8), 4)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_embedding_a_folder_of_odd_images_then_neighbours(run, tmp_path):
   workdir, _ = run
@@ -171,6 +174,7 @@ def test_embedding_a_folder_of_odd_images_then_neighbours(run, tmp_path):
   assert "a/rgb.png  b/copy_of_rgb.png" in out
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_a_corrupt_image_stops_the_embedding_unless_skipped(run, tmp_path):
   workdir, _ = run
@@ -186,6 +190,7 @@ def test_a_corrupt_image_stops_the_embedding_unless_skipped(run, tmp_path):
   assert list(np.load(tmp_path / "e.npz")["skipped"]) == ["a/broken.jpg"]
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_bad_input_is_one_line(run, tmp_path):
   workdir, _ = run
@@ -213,6 +218,7 @@ def test_bad_input_is_one_line(run, tmp_path):
                     "python -m ssl_jax.embed wrote.")
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_the_readme_python_block_runs(run, tmp_path):
   """The README's five lines, on an export of the test run and a photo of any size."""
@@ -242,6 +248,7 @@ def _library_features(enc, folder):
   return enc.embed(images)[0], np.asarray([i for i, _ in files], np.int32)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_evaluating_on_another_dataset_is_the_library_on_its_images(run, tmp_path):
   """`--train_data/--test_data`: the numbers of load_encoder + embed + kNN / probe."""
@@ -274,6 +281,7 @@ def test_evaluating_on_another_dataset_is_the_library_on_its_images(run, tmp_pat
   assert "knn_top1" in saved and saved["step"] == result["step"]
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_another_dataset_that_cannot_be_used_is_one_line(run, tmp_path):
   import tarfile

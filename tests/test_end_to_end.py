@@ -62,11 +62,12 @@ def test_quickstart_learns_resumes_and_evaluates(tmp_path):
 
 
 @needs_cifar10
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "byol", "ours_vit"])
+@pytest.mark.parametrize("method", [pytest.param("simclr", marks=pytest.mark.slow),
+                                    pytest.param("byol", marks=pytest.mark.extended),
+                                    pytest.param("ours_vit", marks=pytest.mark.extended)])
 def test_two_view_methods_and_the_vit_learn(tmp_path, method):
   """SimCLR and BYOL, and ours on ViT-Ti (width 1/4, 4 px patches, AdamW), beat
-  their untrained network on real images (`-m slow`)."""
+  their untrained network on real images (SimCLR in `-m slow`, the others in `-m extended`)."""
   workdir = str(tmp_path / "run")
   _cli("ssl_jax.main", *learning_command(method, workdir))
   summary = json.load(open(os.path.join(workdir, "summary.json")))

@@ -124,7 +124,8 @@ def test_fused_refuses_sqrt_kl_variants_without_a_closed_form():
 
 
 @needs_cifar10
-@pytest.mark.parametrize("method", ["ours", "npid"])
+@pytest.mark.parametrize("method", [pytest.param("ours", marks=pytest.mark.slow),
+                                    pytest.param("npid", marks=pytest.mark.extended)])
 def test_fused_train_step_equals_the_autodiff_step(method):
   """Three steps of the real pmapped train step on CIFAR-10 images, both ways."""
   config = tiny_config(method)

@@ -74,6 +74,7 @@ def killed_and_resumed(emulator):
   return workdir, out, lock_left, epoch_timing
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_a_gs_run_killed_and_rerun_equals_an_uninterrupted_local_run(
     reference_run, killed_and_resumed):
@@ -105,6 +106,7 @@ def _objects_local(root) -> list[str]:
   return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_evaluate_and_export_read_a_gs_workdir_and_fall_back_from_a_truncated_checkpoint(
     emulator, killed_and_resumed, tmp_path):
@@ -212,7 +214,7 @@ def test_the_workdir_lock_on_a_bucket(emulator):
 
 
 @needs_cifar10
-@pytest.mark.slow
+@pytest.mark.extended
 def test_two_processes_share_a_gs_workdir_as_they_share_a_local_one(emulator, tmp_path):
   """A pod's shape: 2 processes x 2 devices, every process saving and restoring from one
   bucket; the result equals the same 2-process run in a local workdir, bit for bit."""

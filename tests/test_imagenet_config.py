@@ -45,6 +45,7 @@ print("SUMMARY", json.dumps({k: v for k, v in summary.items() if k != "history"}
 """
 
 
+@pytest.mark.slow
 def test_the_imagenet_config_runs_two_steps_on_mock_imagenet(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")

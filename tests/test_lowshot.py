@@ -86,6 +86,7 @@ def test_bad_few_label_settings_are_one_line_errors():
       run_config.validate_config(tiny_config(**overrides), 1)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_a_run_reports_its_few_label_evaluation(tmp_path):
   from ssl_jax import train

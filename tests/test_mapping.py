@@ -45,7 +45,10 @@ def _run(config, state, model, tx, split, parallel):
 
 @needs_cifar10
 @pytest.mark.parametrize("method,sharded,chunk_rows", [
-    ("ours", False, 0), ("ours", True, 0), ("ours", True, 96), ("byol", False, 0)],
+    pytest.param("ours", False, 0, marks=pytest.mark.slow),
+    pytest.param("ours", True, 0, marks=pytest.mark.extended),
+    pytest.param("ours", True, 96, marks=pytest.mark.extended),
+    pytest.param("byol", False, 0, marks=pytest.mark.extended)],
     ids=["ours", "ours-sharded-bank", "ours-sharded-chunked-bank", "byol"])
 def test_mesh_and_pmap_steps_agree_after_twenty_steps(method, sharded, chunk_rows):
   config = tiny_config(method=method)

@@ -93,6 +93,7 @@ def two_process_run(tmp_path_factory):
   return workdir, outs
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_path):
   workdir, outs = two_process_run
@@ -119,6 +120,7 @@ def test_two_processes_equal_one_process_with_four_devices(two_process_run, tmp_
   assert summary["knn_top1"] == pytest.approx(single["knn_top1"], abs=0.02)
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_pmap_with_two_processes_ends_where_the_mesh_does(two_process_run, tmp_path):
   """config.parallel: the module's runs use the default "mesh" (one jit over a mesh
@@ -132,6 +134,7 @@ def test_pmap_with_two_processes_ends_where_the_mesh_does(two_process_run, tmp_p
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_device_resident_data_with_two_processes_gives_the_streaming_run(two_process_run,
                                                                           tmp_path):
@@ -146,6 +149,7 @@ def test_device_resident_data_with_two_processes_gives_the_streaming_run(two_pro
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_killing_both_processes_then_rerunning_resumes(two_process_run, tmp_path):
   workdir, _ = two_process_run
@@ -163,7 +167,9 @@ def test_killing_both_processes_then_rerunning_resumes(two_process_run, tmp_path
 
 
 @needs_cifar10
-@pytest.mark.parametrize("victim", [1, 0], ids=["worker dies", "coordinator dies"])
+@pytest.mark.parametrize("victim", [pytest.param(1, marks=pytest.mark.slow),
+                                    pytest.param(0, marks=pytest.mark.extended)],
+                         ids=["worker dies", "coordinator dies"])
 def test_one_process_dying_stops_the_other(tmp_path, victim):
   procs = _start(tmp_path, 2, 2, _free_port())
   # 600 s as in the preemption test: on a loaded host the two processes may take
@@ -186,6 +192,7 @@ def test_one_process_dying_stops_the_other(tmp_path, victim):
   print(f"survivor stopped {time.time() - t0:.0f} s after its peer was killed")
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_preempting_one_process_stops_every_process_at_the_same_step(two_process_run, tmp_path):
   """SIGTERM reaches only the worker: both processes agree on the step to stop
@@ -210,6 +217,7 @@ def _folder_bytes(path) -> int:
   return sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_a_sharded_bank_is_saved_and_restored_by_the_processes_that_hold_it(tmp_path):
   """bank.sharded with 2 processes x 2 devices: each process writes its own half of

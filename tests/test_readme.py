@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 from tests.helpers import needs_cifar10, setup_training, tiny_config
 
@@ -24,6 +25,7 @@ def test_readme_loss_example_runs(capsys):
   assert np.isfinite(float(namespace["loss"]))
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_readme_add_a_method_example_registers_a_method_that_trains():
   """The toy method of "Add a method" goes through the registry alone: config,

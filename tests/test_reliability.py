@@ -52,6 +52,7 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference_run, tmp_path):
   assert summary["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history))
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_a_second_run_into_a_held_workdir_stops_and_the_first_is_unharmed(reference_run,
                                                                           tmp_path):
@@ -74,6 +75,7 @@ def test_a_second_run_into_a_held_workdir_stops_and_the_first_is_unharmed(refere
   runs.assert_same_run(reference_run, tmp_path)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_sigterm_checkpoints_and_exits_with_a_resume_hint(reference_run, tmp_path):
   code, out = runs.start_and_signal(tmp_path, signal.SIGTERM, after_checkpoint=5)
@@ -86,6 +88,7 @@ def test_sigterm_checkpoints_and_exits_with_a_resume_hint(reference_run, tmp_pat
   runs.assert_same_run(reference_run, tmp_path)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_damaged_checkpoints_fall_back_or_stop(reference_run, tmp_path):
   workdir = tmp_path / "run"
@@ -123,6 +126,7 @@ def test_damaged_checkpoints_fall_back_or_stop(reference_run, tmp_path):
   assert "error: no usable checkpoint in" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run, tmp_path):
   workdir = tmp_path / "run"
@@ -150,6 +154,7 @@ def test_incompatible_workdir_is_refused(reference_run, tmp_path, flag, message)
   assert message in out and "Traceback" not in out
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_replicas_stay_equal_through_a_checkpoint_resume(tmp_path):
   from tests.test_train_step import _run as run_steps
@@ -169,6 +174,7 @@ def test_replicas_stay_equal_through_a_checkpoint_resume(tmp_path):
       np.testing.assert_array_equal(leaf[r], leaf[0])
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_a_checkpoint_of_another_structure_stops_and_moves_nothing(reference_run, tmp_path):
   """A readable checkpoint whose tree the code no longer makes is not damage."""
@@ -187,6 +193,7 @@ def test_a_checkpoint_of_another_structure_stops_and_moves_nothing(reference_run
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.extended
 @needs_cifar10
 @pytest.mark.parametrize("saved_on,resumed_on,fraction", [(4, 2, 0.01), (2, 4, 0.01002)],
                          ids=["4 to 2, N=500", "2 to 4, N=501"])

@@ -47,6 +47,7 @@ def _run(workdir, *extra):
   return proc.stdout + proc.stderr
 
 
+@pytest.mark.extended
 @needs_cifar10
 def test_a_restart_reads_every_program_back_and_a_profile_is_written(tmp_path):
   workdir = tmp_path / "run"

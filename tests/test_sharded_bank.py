@@ -103,7 +103,8 @@ def test_unsupported_sqrt_kl_variants_are_refused():
 
 
 @needs_cifar10
-@pytest.mark.parametrize("update_rule", ["grad", "momentum"])
+@pytest.mark.parametrize("update_rule", [pytest.param("grad", marks=pytest.mark.slow),
+                                         pytest.param("momentum", marks=pytest.mark.extended)])
 def test_sharded_train_step_equals_replicated_step(update_rule):
   """Three steps of the real pmapped train step on CIFAR-10 images, both ways."""
   config = tiny_config(**{"bank.update_rule": update_rule})
@@ -133,6 +134,7 @@ def test_sharded_bank_with_an_unsupported_objective_is_a_config_error():
     run_config.validate_config(config, D)
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_sharded_run_checkpoints_the_whole_bank_and_matches_a_replicated_run(tmp_path):
   import orbax.checkpoint as ocp

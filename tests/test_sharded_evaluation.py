@@ -108,6 +108,7 @@ def test_the_sharded_probe_trains_the_single_device_probe():
   assert 0.5 < accuracy < 0.99  # a probe that learned, on classes that overlap
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_predictions_and_probe(tmp_path):
   """2 processes x 2 devices, each holding only its rows."""
   from tests.test_multiprocess import _free_port

@@ -35,7 +35,9 @@ def _byol_reference(p, t, b):
 
 
 @needs_cifar10
-@pytest.mark.parametrize("method", ["ours", "npid", "simclr", "byol"])
+@pytest.mark.parametrize("method", ["ours", pytest.param("npid", marks=pytest.mark.extended),
+                                    pytest.param("simclr", marks=pytest.mark.slow),
+                                    pytest.param("byol", marks=pytest.mark.extended)])
 def test_the_first_step_reports_the_reference_loss_of_its_views(method):
   # A random bank: the loss check needs no calibration pass (its own compilation).
   config = tiny_config(method=method, **{"bank.init": "random"})

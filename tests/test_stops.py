@@ -22,6 +22,7 @@ def _error_lines(out: str) -> list[str]:
   return [l for l in out.splitlines() if l.startswith(("error:", "preempted:", "interrupted:"))]
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_sigterm_at_an_epoch_end_with_step_checkpoints_there(reference_run, tmp_path):
   """Step checkpoints every 7 steps meet every epoch's end (7, 14) and the last step

@@ -152,6 +152,7 @@ def test_one_line_errors_before_anything_compiles(tmp_path, folder):
     records.open_records("tfds:cifar10", "train", str(tmp_path / "no_tfds"))
 
 
+@pytest.mark.slow
 def test_a_streaming_run_trains_resumes_and_reports_its_input(tmp_path, folder):
   from tests.test_end_to_end import _cli
   workdir = str(tmp_path / "run")
@@ -225,10 +226,10 @@ def test_one_process_with_two_shards_streams_what_two_processes_do(folder):
   assert sorted(np.concatenate(seen)) == list(range(whole.num_examples))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_a_streamed_run_learns(tmp_path):
   """The learning tests' recipe, streamed from a folder of 2,500 + 1,000 CIFAR-10 JPEGs:
-  kNN beats the untrained network by the in-memory run's margin (`-m slow`)."""
+  kNN beats the untrained network by the in-memory run's margin (`-m extended`)."""
   from tests.helpers import LEARNING_MARGINS, learning_command
   from tests.test_end_to_end import _cli
   root = cifar10_folder(tmp_path / "cifar", train_per_class=250, test_per_class=100)

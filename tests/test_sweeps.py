@@ -456,6 +456,7 @@ def test_tables_made_on_the_cpu_name_the_processor(tmp_path):
                             f"{os.cpu_count()} cores)")
 
 
+@pytest.mark.slow
 @needs_cifar10
 def test_a_real_sweep_trains_its_overrides_and_reuses_finished_runs(tmp_path):
   config = _sweep_config((("npid-like", "bank.init=random bank.update_rule=momentum "

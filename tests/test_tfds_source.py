@@ -64,6 +64,7 @@ def test_tfds_process_reads_only_its_slice(tmp_path):
     np.testing.assert_array_equal(np.concatenate([q.labels for q in parts]), sub.labels)
 
 
+@pytest.mark.extended
 def test_embedding_a_tfds_split_with_an_encoder():
   """`python -m ssl_jax.embed --images tfds:NAME:SPLIT` reads the split through TFDS."""
   import jax

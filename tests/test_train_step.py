@@ -35,7 +35,10 @@ def _run(config, state, model, tx, split, devices, num_steps):
 
 @needs_cifar10
 @pytest.mark.parametrize("method,update_rule", [
-    ("ours", "grad"), ("ours", "momentum"), ("simclr", None), ("byol", None)])
+    pytest.param("ours", "grad", marks=pytest.mark.slow),
+    pytest.param("ours", "momentum", marks=pytest.mark.extended),
+    pytest.param("simclr", None, marks=pytest.mark.slow),
+    pytest.param("byol", None, marks=pytest.mark.extended)])
 def test_four_devices_match_one_device_and_replicas_stay_equal(method, update_rule):
   config = tiny_config(method=method)
   if update_rule:
@@ -80,10 +83,12 @@ def test_host_augmentation_gives_the_same_step_as_on_device():
 
 @needs_cifar10
 @pytest.mark.parametrize("overrides", [
-    {"model.dtype": "bfloat16"},
-    {"optim.name": "lars"},
-    {"loss.kl_direction": "p_q", "loss.kl_stop_gradient": False, "bank.init": "random"},
-    {"bank.calibrate_bn": "inference", "augment.blur_prob": 0.5},
+    pytest.param({"model.dtype": "bfloat16"}, marks=pytest.mark.extended),
+    pytest.param({"optim.name": "lars"}, marks=pytest.mark.extended),
+    pytest.param({"loss.kl_direction": "p_q", "loss.kl_stop_gradient": False,
+                  "bank.init": "random"}, marks=pytest.mark.extended),
+    pytest.param({"bank.calibrate_bn": "inference", "augment.blur_prob": 0.5},
+                 marks=pytest.mark.extended),
 ])
 def test_step_options_run_and_move_the_state(overrides):
   config = tiny_config(**overrides)
