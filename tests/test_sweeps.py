@@ -200,6 +200,18 @@ def test_the_committed_arch_records_are_what_the_sweep_asks_for():
     assert sweep.config_differences(saved, wanted) == [], path
 
 
+def test_a_budget_counted_a_few_parts_per_million_apart_is_the_same_run():
+  """The arch sweep's committed records hold budgets that the CPU count moved by
+  8.6e-6 (2026-12-04); a budget 1% apart is another run."""
+  wanted = default.get_config()
+  wanted.train_flops = 18151881441280.0
+  saved = json.loads(wanted.to_json_best_effort())
+  saved["train_flops"] = 18152037089280.0
+  assert sweep.config_differences(saved, wanted) == []
+  saved["train_flops"] = 1.01 * wanted.train_flops
+  assert [d.split(":")[0] for d in sweep.config_differences(saved, wanted)] == ["train_flops"]
+
+
 def test_aggregate_gives_mean_and_spread_over_seeds():
   runs = [dict(_summary(0.30), seed=0, num_params={"backbone": 5, "total": 6}),
           dict(_summary(0.34), seed=1, num_params={"backbone": 5, "total": 6})]
