@@ -85,6 +85,9 @@ timeout "$compare_limit" python3 -m experiments.compare.flops \
   --config.base.data.cache_dir="$OUT/cache" > "$OUT/compare.log" 2>&1 || status=$?
 grep -v "^epoch \|^  " "$OUT/compare.log" | tail -40
 [ -f "$OUT/compare/results.md" ] && cp "$OUT/compare/results.md" "$OUT/compare.md"
-# Checkpoints and compiled programs stay behind: only results come back.
-rm -rf "$OUT/runs"/*/seed*/checkpoints "$OUT/runs"/*/seed*/compilation_cache "$OUT/cache"
+# Checkpoints and compiled programs stay behind: only results come back (the
+# device tool returns at most 8 files: on 2026-12-04 the sweep's shared
+# runs/compilation_cache alone held dozens).
+rm -rf "$OUT/runs"/*/seed*/checkpoints "$OUT/runs"/*/seed*/compilation_cache \
+  "$OUT/runs/compilation_cache" "$OUT/cache"
 exit "$status"

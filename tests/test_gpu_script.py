@@ -30,3 +30,4 @@ def test_the_gpu_script_runs_every_step_at_toy_sizes(tmp_path):
   assert epochs["simclr"] == 2 and epochs["ours"] > 2 and epochs["byol"] < 2, epochs
   assert (tmp_path / "compare.md").exists() and "equal compute" in proc.stdout
   assert not list(tmp_path.glob("runs/*/seed*/checkpoints"))  # results only come back
+  assert not (tmp_path / "runs" / "compilation_cache").exists()
