@@ -9,7 +9,7 @@ are not the network's: JAX gives no cost analysis of a lowered program on a
 PJRT plugin (the CUDA one included), and the compiled GPU program's
 convolutions are cuDNN custom calls that XLA counts as 0 FLOPs. On an H200
 (2026-12-04, experiments/gpu.sh) the compiled count of a ResNet-18 w1 train
-step at batch 512 was 0.031 GFLOP per image, about 1/60 of the network's, so a
+step at batch 512 was 0.031 GFLOP per image, about 1/95 of the network's, so a
 budget counted there weighted the methods by their heads and losses.
 Likewise XLA:CPU's compiled count turns the weight gradient of a depthwise
 convolution into a dense one: 5.3x the lowered count of a MobileNetV2 w1/2
@@ -74,14 +74,11 @@ def counted_flops(fn: Callable[..., Any], *stacked: Any) -> Optional[float]:
   program is counted on the default backend instead, D times one device's count.
   """
   try:
-    cpu = jax.devices("cpu")[0]
-  except RuntimeError:
-    cpu = None
-  if cpu is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  except RuntimeError:  # no CPU backend loaded
     d = jax.tree_util.tree_leaves(stacked)[0].shape[0]
     per_device = model_flops(jax.pmap(fn, axis_name=devices.AXIS).lower(*stacked))
     return per_device * d if per_device else None
-  sharding = jax.sharding.SingleDeviceSharding(cpu)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), stacked)
   return cost_flops(jax.jit(jax.vmap(fn, axis_name=devices.AXIS)).lower(*abstract))
