@@ -1,15 +1,21 @@
 """Images per second of the streaming input (`config.data.stream=True`) on this host.
 
-    python -m benchmarks.stream_input                      # 400 JPEGs of 500x375
-    python -m benchmarks.stream_input --images 2000 --workers 0,2,4 --sizes 64,224
+    python -m benchmarks.stream_input                      # 2,000 JPEGs of 500x375
+    python -m benchmarks.stream_input --images 4000 --workers 0,2,4 --sizes 64,224
 
 Writes synthetic ImageNet-sized JPEGs (smooth random fields) into a temporary
-folder tree, then, for each output size, times the host crop alone (one
-process) and one epoch of `stream.TrainStream` (read, decode,
-random-resized-crop, batch) for each worker count; beside them, batches
-assembled from an in-memory decoded split (`data.train_batches`), the
-in-memory path's per-step host work. Prints a table and writes
-benchmarks/results/stream_input.{json,md}.
+folder tree, then, for each output size:
+  - per core: images/s of one process doing a decoder's whole host work
+    (`stream.decode_crop`: read, decode, random-resized crop), and of its
+    two parts alone (the full decode; the crop's resize from decoded arrays);
+  - pooled: images/s of one epoch of `stream.TrainStream` for each worker
+    count, in steady state: timed from the batch by which every worker has
+    delivered (each worker first imports Grain, and with it JAX, which takes
+    seconds of CPU), to the end; the seconds to that point are reported apart;
+  - beside them, batches assembled from an in-memory decoded split
+    (`data.train_batches`), the in-memory path's per-step host work.
+Prints a table and writes benchmarks/results/stream_input.{json,md}, with
+`rates[decoder][size][workers]` in images/s.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import time
 
 import numpy as np
 
+DECODERS = ("pillow",)  # the decoders ssl_jax.stream has; config.data.decoder is to come
+SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
 
 def write_jpegs(root: pathlib.Path, n: int, size=(500, 375)) -> None:
   from PIL import Image
@@ -37,28 +46,30 @@ def write_jpegs(root: pathlib.Path, n: int, size=(500, 375)) -> None:
     image.save(path, quality=90)
 
 
-def time_crops(paths: list[pathlib.Path], draft: bool, size: int = 224) -> float:
-  """Images/s of the host crop alone, one process. draft: `stream.decode_crop`, which
-  decodes a JPEG at 1/2 to 1/8 scale where the crop is at least twice the output
-  (for 500x375 photos and 224 crops, rarely); else a full decode, then the crop."""
+def time_per_core(datas: list[bytes], size: int) -> dict:
+  """Images/s in this process: the whole host crop (`stream.decode_crop`), and its parts:
+  the full decode alone, and the random-resized crop's resize from decoded images."""
   from PIL import Image
   from ssl_jax import stream
-  datas = [p.read_bytes() for p in paths]
+  rngs = lambda: (np.random.default_rng([0, 0, i, 0]) for i in range(len(datas)))
   t0 = time.perf_counter()
-  for i, data in enumerate(datas):
-    rng = np.random.default_rng([0, 0, i, 0])
-    if draft:
-      stream.decode_crop(data, str(i), size, rng, (0.08, 1.0), (3 / 4, 4 / 3))
-    else:
-      img = Image.open(io.BytesIO(data)).convert("RGB")
-      left, top, w, h = stream.crop_box(rng, *img.size, (0.08, 1.0), (3 / 4, 4 / 3))
-      np.asarray(img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h)))
-  return len(datas) / (time.perf_counter() - t0)
+  for i, (data, rng) in enumerate(zip(datas, rngs())):
+    stream.decode_crop(data, str(i), size, rng, SCALE, RATIO)
+  whole = len(datas) / (time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in datas]
+  decode = len(datas) / (time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for img, rng in zip(decoded, rngs()):
+    left, top, w, h = stream.crop_box(rng, *img.size, SCALE, RATIO)
+    np.asarray(img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h)))
+  resize = len(datas) / (time.perf_counter() - t0)
+  return {"decode_crop": whole, "full_decode_alone": decode, "resize_alone": resize}
 
 
 def time_epoch(root: pathlib.Path, workers: int, batch: int,
                size: int = 224) -> tuple[float, float]:
-  """(seconds to the first batch: starting the workers; images/s after it) of one
+  """(seconds until every worker has delivered a batch; images/s after that) of one
   epoch of TrainStream."""
   from configs import default
   from ssl_jax import stream
@@ -68,13 +79,14 @@ def time_epoch(root: pathlib.Path, workers: int, batch: int,
                   cache_dir=""))
   split = stream.load_split(cfg, "train", fraction=1.0, seed=0, log=lambda *a: None)
   batches = stream.TrainStream(split, global_batch=batch, num_local_devices=1, seed=0, epoch=0,
-                               start_step=0, views=1, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+                               start_step=0, views=1, scale=SCALE, ratio=RATIO)
+  # A batch is cut into pieces of stream.CHUNK rows, dealt to the workers in turn.
+  warm = -(-max(workers, 1) // -(-batch // stream.CHUNK))
   t0 = time.perf_counter()
-  it = iter(batches)
-  next(it)
-  t1 = time.perf_counter()
-  count = sum(b["image"].shape[1] for b in it)
-  return t1 - t0, count / (time.perf_counter() - t1)
+  times = [time.perf_counter() for _ in batches]
+  if len(times) <= warm:
+    raise SystemExit(f"--images too few: {len(times)} batches, {warm} to warm up")
+  return times[warm - 1] - t0, (len(times) - warm) * batch / (times[-1] - times[warm - 1])
 
 
 def time_memory_batches(n: int, batch: int, size: int) -> float:
@@ -91,44 +103,71 @@ def time_memory_batches(n: int, batch: int, size: int) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--images", type=int, default=400)
-  parser.add_argument("--workers", default="0,2")
-  parser.add_argument("--batch", type=int, default=40)
+  parser.add_argument("--images", type=int, default=2000)
+  parser.add_argument("--workers", default="0,1,2")
+  parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--sizes", default="64,224")
   parser.add_argument("--out", default="benchmarks/results/stream_input")
   args = parser.parse_args()
+  sizes = [int(x) for x in args.sizes.split(",")]
+  workers = [int(x) for x in args.workers.split(",")]
+  rates = {d: {s: {} for s in sizes} for d in DECODERS}
+  per_core, starts, memory = {d: {} for d in DECODERS}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     write_jpegs(root, args.images)
     paths = sorted(root.rglob("*.jpg"))
     kb = np.mean([p.stat().st_size for p in paths]) / 1024
-    rows, starts = {}, {}
-    for size in (int(x) for x in args.sizes.split(",")):
-      rows[f"{size} px: full decode, then crop (1 process)"] = time_crops(paths, False, size)
-      rows[f"{size} px: stream.decode_crop (1 process)"] = time_crops(paths, True, size)
-      for w in (int(x) for x in args.workers.split(",")):
-        name = f"{size} px: TrainStream, {w} workers" + (" (2 threads)" if w == 0 else "")
-        startup, rows[name + ", after the first batch"] = time_epoch(root, w, args.batch, size)
-        starts[name] = startup
-      rows[f"{size} px: in-memory batches (decoded split)"] = time_memory_batches(
-          args.images, args.batch, size)
+    datas = [p.read_bytes() for p in paths[:500]]
+    for size in sizes:
+      per_core["pillow"][size] = time_per_core(datas, size)
+      for w in workers:
+        starts[f"{size} px, {w} workers"], rates["pillow"][size][w] = time_epoch(
+            root, w, args.batch, size)
+      memory[size] = time_memory_batches(args.images, args.batch, size)
   meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
           "machine": platform.processor() or platform.machine(), "images": args.images,
-          "jpeg_kb": round(float(kb), 1), "command": "python -m benchmarks.stream_input "
+          "jpeg_kb": round(float(kb), 1), "stream_chunk": _chunk(),
+          "command": "python -m benchmarks.stream_input "
           f"--images {args.images} --workers {args.workers} --batch {args.batch} "
           f"--sizes {args.sizes}"}
+  result = {"meta": meta, "rates": rates, "per_core": per_core,
+            "decoder_pixel_mean_abs_diff": {},  # one decoder so far: nothing to compare
+            "seconds_to_every_worker": starts, "in_memory_batches": memory}
   lines = [f"# Streaming input, {meta['date']}, {meta['cpus']} CPUs", "",
            f"`{meta['command']}`: {args.images} synthetic JPEGs of 500x375 "
-           f"({meta['jpeg_kb']} KB mean), random-resized crops (scale 0.08-1).", "",
-           "| pipeline | images/s |", "| --- | --- |",
-           *[f"| {k} | {v:,.0f} |" for k, v in rows.items()], ""]
+           f"({meta['jpeg_kb']} KB mean), random-resized crops (scale 0.08-1), batches of "
+           f"{args.batch} cut into pieces of at most {meta['stream_chunk']} images.", "",
+           f"Per core (one process, {len(datas)} of the images), images/s:", "",
+           "| decoder | size | decode and crop | full decode alone | resize alone |",
+           "| --- | --- | --- | --- | --- |"]
+  for d in DECODERS:
+    for size, r in per_core[d].items():
+      lines.append(f"| {d} | {size} | {r['decode_crop']:,.0f} | {r['full_decode_alone']:,.0f} "
+                   f"| {r['resize_alone']:,.0f} |")
+  lines += ["", "TrainStream, one epoch in steady state, images/s (0 workers: two threads of "
+            "the reading process):", "",
+            "| decoder | size | " + " | ".join(f"{w} workers" for w in workers)
+            + " | 2 workers / 1 |", "| --- | --- | " + " | ".join("---" for _ in workers)
+            + " | --- |"]
+  for d in DECODERS:
+    for size, r in rates[d].items():
+      ratio = f"{r[2] / r[1]:.2f}x" if 1 in r and 2 in r else "-"
+      lines.append(f"| {d} | {size} | " + " | ".join(f"{r[w]:,.0f}" for w in workers)
+                   + f" | {ratio} |")
+  lines += ["", "Seconds until every worker has delivered (starting the workers): "
+            + "; ".join(f"{k}: {v:.1f}" for k, v in starts.items()) + ".", "",
+            "In-memory batches (a decoded split), images/s: "
+            + "; ".join(f"{s} px: {v:,.0f}" for s, v in memory.items()) + ".", ""]
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  lines += ["Seconds to the first batch (starting the workers, each importing ssl_jax): "
-            + "; ".join(f"{k}: {v:.1f}" for k, v in starts.items()) + ".", ""]
-  pathlib.Path(args.out + ".json").write_text(json.dumps(
-      {"meta": meta, "rows": rows, "seconds_to_first_batch": starts}, indent=1))
+  pathlib.Path(args.out + ".json").write_text(json.dumps(result, indent=1))
   pathlib.Path(args.out + ".md").write_text("\n".join(lines))
   print("\n".join(lines))
+
+
+def _chunk() -> int:
+  from ssl_jax import stream
+  return stream.CHUNK
 
 
 if __name__ == "__main__":

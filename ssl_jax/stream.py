@@ -14,11 +14,14 @@ allows), one crop per view, keyed by (seed, step, instance index, view). Flip,
 colour jitter, grayscale and blur stay on the device, as for in-memory data.
 Evaluation streams the resize-and-centre-crop preprocessing.
 
-Grain runs the pool: `MapDataset` over the epoch's (step, instance) table,
-`.map` to decode, `.batch` (before the multiprocess stage, so the batches do
-not depend on the worker count), `.mp_prefetch` with `data.workers` worker
-processes (0: threads of this process). Workers run NumPy and Pillow only;
-JAX, if imported there, is pinned to the CPU.
+Grain runs the pool: `MapDataset` over pieces of at most `CHUNK` rows of the
+epoch's (step, instance) table (a batch is cut into pieces, so every worker
+decodes part of the next batch instead of one worker decoding all of it),
+`.map` to decode a piece, `.mp_prefetch` with `data.workers` worker processes
+of one thread each (0: threads of this process). Grain hands the pieces back
+in table order for any worker count, and this process joins each batch's
+pieces with one copy. Workers run NumPy and Pillow only; JAX, imported there
+by Grain, is pinned to the CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ from ssl_jax import sources
 from ssl_jax.sources import DataError
 
 SUBSTITUTE_GRAY = 128  # a record that does not decode, with data.skip_corrupt
+# Images per task of a worker. Small enough that a batch spreads over many
+# workers (its latency and the memory in flight stay those of a few pieces per
+# worker), large enough that handing a piece back (shared memory, a pickle)
+# costs little next to decoding it.
+CHUNK = 16
 
 
 def _grain():
@@ -117,28 +125,33 @@ class _Reader:
 
 
 @dataclasses.dataclass
-class _TrainExample:
-  """(step, instance) -> {'image': uint8 [V, S, S, 3], 'index', 'bad', 'seconds'}."""
+class _TrainPiece:
+  """int64 [n, 2] (step, instance) rows -> {'image': uint8 [n, V, S, S, 3], 'index': int32 [n],
+  'bad': int32 [n], 'seconds': float32 [n]} (seconds: each example's decode time)."""
   reader: _Reader
   seed: int
   views: int
   scale: tuple[float, float]
   ratio: tuple[float, float]
 
-  def __call__(self, element: np.ndarray) -> dict:
+  def example(self, step: int, index: int) -> tuple[np.ndarray, int, float]:
     t0 = time.perf_counter()
-    step, index = int(element[0]), int(element[1])
     crops = lambda data, name: np.stack([decode_crop(
         data, name, self.reader.size, np.random.default_rng([self.seed, step, index, view]),
         self.scale, self.ratio) for view in range(self.views)])
     image, bad = self.reader.load(index, crops, self.views)  # the record is read once
-    return {"image": image, "index": np.int32(index), "bad": np.int32(bad),
-            "seconds": np.float32(time.perf_counter() - t0)}
+    return image, bad, time.perf_counter() - t0
+
+  def __call__(self, rows: np.ndarray) -> dict:
+    out = [self.example(int(step), int(index)) for step, index in rows]
+    return {"image": np.stack([o[0] for o in out]), "index": rows[:, 1].astype(np.int32),
+            "bad": np.asarray([o[1] for o in out], np.int32),
+            "seconds": np.asarray([o[2] for o in out], np.float32)}
 
 
 @dataclasses.dataclass
-class _EvalBatch:
-  """Rows of one evaluation batch -> uint8 [n, S, S, 3] centre crops, int32 [n] replaced."""
+class _EvalPiece:
+  """Instance indices [n] -> uint8 [n, S, S, 3] centre crops, int32 [n] replaced."""
   reader: _Reader
 
   def __call__(self, ids: np.ndarray) -> dict:
@@ -146,6 +159,24 @@ class _EvalBatch:
                                                                      name)) for i in ids]
     return {"image": np.stack([o[0] for o in out]),
             "bad": np.asarray([o[1] for o in out], np.int32)}
+
+
+def _pieces(rows: np.ndarray) -> list[np.ndarray]:
+  """One batch's rows cut into ceil(n / CHUNK) pieces of nearly equal size, in order."""
+  return np.array_split(rows, -(-len(rows) // CHUNK)) if len(rows) else []
+
+
+def _joined(pieces: Iterator[dict], counts: list[int]) -> Iterator[dict]:
+  """Concatenates consecutive decoded pieces, counts[k] of them for batch k (one copy).
+
+  Closes `pieces` (and so the workers) after the last batch or when closed early.
+  """
+  try:
+    for n in counts:
+      parts = [next(pieces) for _ in range(n)]
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  finally:
+    getattr(pieces, "close", lambda: None)()
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -165,12 +196,18 @@ class WorkerDied(RuntimeError):
 
 
 def _iterate(dataset, workers: int, threads: int):
-  """Grain's iterator over `dataset`, through `workers` processes (0: threads here)."""
+  """Grain's iterator over `dataset`, through `workers` processes of one thread each (0:
+  `threads` threads here). One thread per worker: `data.workers=-1` is one worker per
+  core, and a worker's decode time then measures its work, not its wait for a core."""
   grain = _grain()
-  it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                 prefetch_buffer_size=max(4 * threads, 8)))
   if workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+    threads = 1
+  it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                 prefetch_buffer_size=max(4 * threads, 4)))
+  if workers > 0:
+    # A few pieces ready per worker, so no worker waits for this process to take one.
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=4),
                         worker_init_fn=_worker_init)
   return iter(it)
 
@@ -228,16 +265,20 @@ class RecordImages:
 
   def __getitem__(self, rows) -> np.ndarray:
     ids = np.atleast_1d(np.arange(len(self))[rows]) + self.reader.offset
-    out = _EvalBatch(self.reader)(ids)
+    out = _EvalPiece(self.reader)(ids)
     self.note_replaced(ids, out["bad"])
     return out["image"]
 
   def batches(self, ids: list[np.ndarray]) -> Iterator[np.ndarray]:
     """uint8 [len(ids[k]), S, S, 3] for each list of instance indices, in order."""
     grain = _grain()
-    ds = grain.MapDataset.source(ids).map(_EvalBatch(self.reader))
+    pieces = [_pieces(np.asarray(batch)) for batch in ids]
+    ds = grain.MapDataset.source([p for batch in pieces for p in batch]).map(
+        _EvalPiece(self.reader))
+    batches = _joined(_guarded(_iterate(ds, self.workers, threads=4), self.workers),
+                      [len(p) for p in pieces])
     # The stream first in zip: its last next() ends it, and its workers, at once.
-    for out, batch_ids in zip(_guarded(_iterate(ds, self.workers, threads=4), self.workers), ids):
+    for out, batch_ids in zip(batches, ids):
       self.note_replaced(batch_ids, out["bad"])
       yield out["image"]
 
@@ -301,16 +342,17 @@ class TrainStream:
     self.steps, self.nd = table.shape[0], num_local_devices
     self.local_batch = int(np.prod(table.shape[1:]))
     step_of = np.repeat(np.arange(first, first + self.steps), self.local_batch)
-    self._elements = np.stack([step_of, table.reshape(-1)], axis=1).astype(np.int64)
-    self._fn = _TrainExample(images.reader, int(seed), int(views), tuple(scale), tuple(ratio))
+    rows = np.stack([step_of, table.reshape(-1)], axis=1).astype(np.int64)
+    self._pieces = [_pieces(batch) for batch in np.split(rows, self.steps)] if self.steps else []
+    self._fn = _TrainPiece(images.reader, int(seed), int(views), tuple(scale), tuple(ratio))
     self._workers, self._images = images.workers, images
     self.bad, self.decode_seconds = 0, 0.0
 
   def __iter__(self) -> Iterator[dict]:
     grain = _grain()
-    ds = (grain.MapDataset.source(self._elements).map(self._fn)
-          .batch(self.local_batch, drop_remainder=True))
-    for out in _guarded(_iterate(ds, self._workers, threads=2), self._workers):
+    ds = grain.MapDataset.source([p for batch in self._pieces for p in batch]).map(self._fn)
+    pieces = _guarded(_iterate(ds, self._workers, threads=2), self._workers)
+    for out in _joined(pieces, [len(p) for p in self._pieces]):
       self.bad += int(out["bad"].sum())
       self._images.note_replaced(out["index"], out["bad"])
       self.decode_seconds += float(out["seconds"].sum())

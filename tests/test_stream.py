@@ -102,13 +102,28 @@ def test_crop_boxes_lie_in_the_configured_scale_and_ratio():
       assert 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
 
 
+def test_a_batch_is_cut_into_ordered_pieces_for_the_workers():
+  """Each worker decodes a piece of at most CHUNK rows, so one batch spreads over workers."""
+  for n in (1, stream.CHUNK, stream.CHUNK + 1, 3 * stream.CHUNK + 5, 512):
+    rows = np.arange(2 * n).reshape(n, 2)
+    pieces = stream._pieces(rows)
+    assert len(pieces) == -(-n // stream.CHUNK)
+    sizes = [len(p) for p in pieces]
+    assert max(sizes) <= stream.CHUNK and max(sizes) - min(sizes) <= 1
+    np.testing.assert_array_equal(np.concatenate(pieces), rows)
+  joined = list(stream._joined(iter([{"x": np.arange(3)}, {"x": np.arange(3, 5)},
+                                     {"x": np.arange(5, 6)}]), [2, 1]))
+  assert [j["x"].tolist() for j in joined] == [[0, 1, 2, 3, 4], [5]]
+
+
 def test_evaluation_streams_what_the_in_memory_path_decodes(folder):
   cfg = _data_cfg(f"folder:{folder}", workers=2)
   split = stream.load_split(cfg, "test", fraction=1.0, seed=0)
   memory, _ = data_lib.load_shard(_in_memory(cfg), "test", fraction=1.0, seed=0)
-  got = list(data_lib.eval_batches(split, batch_size=16, num_local_devices=2))
-  want = list(data_lib.eval_batches(memory, batch_size=16, num_local_devices=2))
-  assert len(got) == len(want) == 4
+  # 40 rows a batch: two pieces, decoded by the two workers
+  got = list(data_lib.eval_batches(split, batch_size=40, num_local_devices=2))
+  want = list(data_lib.eval_batches(memory, batch_size=40, num_local_devices=2))
+  assert len(got) == len(want) == 2
   for g, w in zip(got, want):
     for key in ("image", "label", "index", "mask"):
       np.testing.assert_array_equal(g[key], w[key])
