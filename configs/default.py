@@ -58,6 +58,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.data.fraction = 1.0        # fixed seeded subset of the training split
   config.data.test_fraction = 1.0   # of the test split, for quick CPU runs only
   config.data.subset_seed = 0
+  # A class-balanced fraction of the (labelled) training split, drawn with config.seed:
+  # the subset the evaluation's label fraction of that seed uses (fine-tuning on 1%).
+  config.data.label_fraction = 1.0
   # Contiguous data shards, each with its own per-epoch order (0: one per
   # process). It fixes the data order: a 1-process run with shards=2 sees the
   # global batches of a 2-process run.
@@ -181,6 +184,9 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 1
   config.checkpoint_every_steps = 0   # also every this many steps (0: only at epoch ends)
   config.keep_checkpoints = 3
+  # A training workdir or export whose encoder backbone (parameters and BatchNorm
+  # statistics) this run starts from, heads fresh (ssl_jax/warm_start.py); "": none.
+  config.init_from = ""
   # How the step is mapped onto the devices (ssl_jax/mapping.py): "mesh", jax.jit over
   # shard_map on one mesh of every device of every process, or "pmap".
   # benchmarks/loop_overhead.py measured both.

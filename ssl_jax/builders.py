@@ -26,7 +26,7 @@ from ssl_jax import optim
 from ssl_jax import sharded_bank
 from ssl_jax import steps
 from ssl_jax.evaluate import freshness
-from ssl_jax.run_config import ConfigError, num_shards
+from ssl_jax.run_config import num_shards
 from ssl_jax.state import TrainState, create_train_state
 
 
@@ -57,14 +57,15 @@ def build_optimizer(config, steps_per_epoch: int):
 
 
 def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0,
-                    axis_name: Optional[str] = devices.AXIS) -> steps.StepFn:
+                    axis_name: Optional[str] = devices.AXIS, labels=None) -> steps.StepFn:
   """The method's pure step `(state, batch) -> (state, metric sums)`, ready to pmap.
 
-  num_examples (N) is needed by methods with a bank (the sharded bank's rows).
+  num_examples (N) is needed by methods with a bank (the sharded bank's rows),
+  labels (int [N] by instance index) by methods that train on them.
   """
   ctx = steps.StepContext(config=config, model=model, tx=tx, aug_cfg=augment_config(config),
                           total_steps=total_steps, num_examples=num_examples,
-                          axis_name=axis_name)
+                          axis_name=axis_name, labels=labels)
   return methods.get(config.method).make_step(ctx)
 
 
@@ -83,6 +84,7 @@ def load_data(config, log=print, workdir: str = "") -> tuple[data_lib.Split, dat
                               fraction=config.data.test_fraction, cache_dir=workdir, **kw), 0)
   train, skipped = data_lib.load_shard(config.data, config.data.train_split,
                                        fraction=config.data.fraction, **kw)
+  train = data_lib.label_subset(train, float(config.data.get("label_fraction", 1.0)), config.seed)
   test, skipped_test = data_lib.load_shard(config.data, config.data.test_split,
                                            fraction=config.data.test_fraction, **kw)
   return train, test, skipped + skipped_test
@@ -282,41 +284,6 @@ def make_host_augment(aug_cfg: augment.AugmentConfig, rng: np.ndarray):
 
 # data.on_device may take at most this share of a device's memory: the rest is
 # for parameters, bank, optimizer state and activations.
-RESIDENT_SHARE = 0.5
-
-
-def resident_rows(layout: data_lib.Layout) -> int:
-  """Rows of the split `resident_split` puts on each device: the largest process's share."""
-  return max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
-
-
-def resident_bytes(train: data_lib.Split) -> int:
-  """Bytes of training images `resident_split` puts on each device."""
-  return resident_rows(train.layout) * train.images[:1].nbytes
-
-
-def check_resident_fits(train: data_lib.Split) -> None:
-  """Refuses data.on_device before anything is compiled if the split would crowd out the run."""
-  limit, need = devices.memory_limit_bytes(), resident_bytes(train)
-  if limit is not None and need > RESIDENT_SHARE * limit:
-    raise ConfigError(
-        f"config.data.on_device=True would keep {need / 2**20:,.1f} MiB of training images on "
-        f"each device, more than {RESIDENT_SHARE:.0%} of its {limit / 2**20:,.1f} MiB; leave it "
-        f"False (the streaming pipeline) or lower config.data.image_size.")
-
-
-def resident_split(train: data_lib.Split) -> jax.Array:
-  """This process's training rows on each of its devices: uint8 [D, n, H, W, 3].
-
-  Processes hold different row counts (shards differ by up to one row), but
-  a pmapped input has one shape on every device of every process, so each
-  pads to the largest share; the padding is never indexed.
-  """
-  images = np.zeros((resident_rows(train.layout), *train.images.shape[1:]), train.images.dtype)
-  images[:len(train)] = train.images
-  return devices.replicate(images)
-
-
 def process_bounds(split: data_lib.Split) -> list[tuple[int, int]]:
   """[lo, hi) of the instances each process holds, in process order."""
   return [split.layout.process_bounds(p) for p in range(split.layout.process_count)]
@@ -330,7 +297,7 @@ def shard_features(config, feats: np.ndarray, split: data_lib.Split) -> evaluate
 
 def run_evaluation(config, model_eval_fn, state_variables, train, test, num_classes, *,
                    linear: bool, bank: Optional[np.ndarray] = None,
-                   test_only: bool = False, log=print) -> dict:
+                   test_only: bool = False, log=print, classifier: Optional[bool] = None) -> dict:
   """Features of both splits with the current network, then kNN (and linear probe).
 
   bank: the memory bank [N, d] (host); adds `knn_top1_bank`, the test
@@ -338,7 +305,8 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   (with a bank): embeds the test split alone and reports only that, the
   `eval.knn_source="bank"` evaluation (no pass over the training set).
   Training features stay split over the devices (`evaluate.shard_rows`).
-  With `linear`, the few-label settings of config.eval add `lowshot`.
+  With `linear`, the few-label settings of config.eval add `lowshot`. classifier:
+  whether the method's head is a classifier of these classes (None: the method says).
   """
   nd = jax.local_device_count()
   bs = config.eval.batch_size
@@ -366,8 +334,10 @@ def run_evaluation(config, model_eval_fn, state_variables, train, test, num_clas
   del train_z
   if not few_labels:
     del train_h
-  out.update(evaluate.evaluate_features(h_rows, z_rows, test_h, test_z, test.labels, config.eval,
-                                        num_classes, linear=linear, process_counts=counts))
+  out.update(evaluate.evaluate_features(
+      h_rows, z_rows, test_h, test_z, test.labels, config.eval, num_classes, linear=linear,
+      process_counts=counts,
+      classifier=methods.get(config.method).classifier if classifier is None else classifier))
   del h_rows, z_rows
   if few_labels:
     out["lowshot"] = evaluate.evaluate_lowshot(train_h, train.labels, process_bounds(train),

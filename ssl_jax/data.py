@@ -209,6 +209,43 @@ def subset(split: Split, fraction: float, seed: int) -> Split:
   return Split(split.images[keep], split.labels[keep], split.class_names, keep)
 
 
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+  """Sorted indices into `labels` [N]: `per_class` rows of every class (all, where fewer).
+
+  Class c's rows are taken in the order of a permutation keyed by (seed, c),
+  so a smaller `per_class` with the same seed gives a subset of a larger one.
+  """
+  if per_class < 1:
+    raise ValueError(f"per_class must be >= 1, got {per_class}.")
+  labels = np.asarray(labels)
+  chosen = []
+  for c in np.unique(labels):
+    rows = np.flatnonzero(labels == c)
+    order = np.random.default_rng([int(seed), int(c) & 0x7FFFFFFF]).permutation(len(rows))
+    chosen.append(rows[order[:per_class]])
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def labels_per_class(fraction: float, num_labels: int, num_classes: int) -> int:
+  """Rows a class gets in a class-balanced `fraction` of `num_labels` labels: at least 1."""
+  return max(1, int(round(float(fraction) * num_labels / max(num_classes, 1))))
+
+
+def label_subset(split: Split, fraction: float, seed: int) -> Split:
+  """A class-balanced `fraction` of a whole split's labelled rows (`config.data.label_fraction`).
+
+  round(fraction x n / C) rows of each of the C classes (at least 1), the subset
+  `evaluate.lowshot` draws for the label fraction `fraction` and seed `seed`;
+  kept in split order, renumbered as instances 0..k-1 (one process).
+  """
+  if fraction == 1.0:
+    return split
+  per_class = labels_per_class(fraction, len(split), len(np.unique(split.labels)))
+  keep = balanced_subset(split.labels, per_class, seed)
+  index = split.source_index[keep] if split.source_index is not None else keep
+  return Split(split.images[keep], split.labels[keep], split.class_names, index)
+
+
 def load_shard(data_cfg, split: str, *, fraction: float, seed: int, num_shards: int = 1,
                process_index: int = 0, process_count: int = 1,
                log=print) -> tuple[Split, int]:

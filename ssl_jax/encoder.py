@@ -127,9 +127,11 @@ def _expected_specs(config) -> dict:
   """leaf_specs of {'params', 'batch_stats'} of the model `config` builds."""
   model = builders.build_model(config, bn_axis_name=None)
   size = int(config.data.image_size)
+  # Through BYOL's predictor too, as training initialises it: a BYOL checkpoint holds it.
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              np.zeros((1, size, size, 3), np.float32),
-                                             train=False))
+                                             train=False,
+                                             with_prediction=model.predictor_hidden > 0))
   return leaf_specs({"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
 
 

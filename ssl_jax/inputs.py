@@ -5,7 +5,8 @@ fixes (a pure function of seed, epoch and step, so resuming needs no
 iterator state):
   - memory: batches of a decoded split, prefetched to the devices;
   - resident (`data.on_device`): the epoch's index table, the split already
-    on the devices;
+    on the devices (`resident_split`; `check_resident_fits` refuses a split
+    that would crowd out the run);
   - stream (`data.stream`): records decoded per step by Grain's workers
     (`ssl_jax.stream`), prefetched to the devices.
 `EpochInput` counts the seconds the loop waited for its next input, so a run
@@ -17,12 +18,14 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
+import jax
 import numpy as np
 
 from ssl_jax import data as data_lib
 from ssl_jax import devices
 from ssl_jax import mapping
 from ssl_jax import methods
+from ssl_jax.run_config import ConfigError
 
 
 def pipeline_name(config) -> str:
@@ -66,6 +69,41 @@ class EpochInput:
                                         / self.stream.decode_seconds)
       out["corrupt_records"] = self.stream.bad
     return out
+
+
+RESIDENT_SHARE = 0.5
+
+
+def resident_rows(layout: data_lib.Layout) -> int:
+  """Rows of the split `resident_split` puts on each device: the largest process's share."""
+  return max(hi - lo for lo, hi in map(layout.process_bounds, range(layout.process_count)))
+
+
+def resident_bytes(train: data_lib.Split) -> int:
+  """Bytes of training images `resident_split` puts on each device."""
+  return resident_rows(train.layout) * train.images[:1].nbytes
+
+
+def check_resident_fits(train: data_lib.Split) -> None:
+  """Refuses data.on_device before anything is compiled if the split would crowd out the run."""
+  limit, need = devices.memory_limit_bytes(), resident_bytes(train)
+  if limit is not None and need > RESIDENT_SHARE * limit:
+    raise ConfigError(
+        f"config.data.on_device=True would keep {need / 2**20:,.1f} MiB of training images on "
+        f"each device, more than {RESIDENT_SHARE:.0%} of its {limit / 2**20:,.1f} MiB; leave it "
+        f"False (the streaming pipeline) or lower config.data.image_size.")
+
+
+def resident_split(train: data_lib.Split) -> jax.Array:
+  """This process's training rows on each of its devices: uint8 [D, n, H, W, 3].
+
+  Processes hold different row counts (shards differ by up to one row), but
+  a pmapped input has one shape on every device of every process, so each
+  pads to the largest share; the padding is never indexed.
+  """
+  images = np.zeros((resident_rows(train.layout), *train.images.shape[1:]), train.images.dtype)
+  images[:len(train)] = train.images
+  return devices.replicate(images)
 
 
 def check_indices(train: data_lib.Split, config, nd: int, epoch: int) -> None:

@@ -77,10 +77,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.batch_size % shards:
     raise ConfigError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
                       f"number of data shards ({shards}).")
-  for field in ("fraction", "test_fraction"):
-    v = config.data[field]
+  for field in ("fraction", "test_fraction", "label_fraction"):
+    v = config.data.get(field, 1.0)
     if not 0.0 < v <= 1.0:
       raise ConfigError(f"config.data.{field} must be in (0, 1], got {v}.")
+  if config.data.get("label_fraction", 1.0) < 1.0 and (
+      jax.process_count() > 1 or config.data.get("stream", False)):
+    raise ConfigError("config.data.label_fraction < 1 needs the in-memory input "
+                      "(config.data.stream=False) and one process, for now.")
   try:
     methods.get(config.method).validate(config)
   except ValueError as e:

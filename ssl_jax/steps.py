@@ -43,6 +43,8 @@ class StepContext:
   total_steps: optimizer steps of the whole run (schedules such as BYOL's EMA).
   num_examples: N, the training split's size (the bank's rows).
   axis_name: the pmapped data axis, or None outside pmap.
+  labels: int [N] the training split's labels by instance index, for methods
+    that train on them; None where there are none (FLOP counts, benchmarks).
   """
   config: Any
   model: Any
@@ -51,6 +53,7 @@ class StepContext:
   total_steps: int
   num_examples: int
   axis_name: Optional[str] = devices.AXIS
+  labels: Optional[Any] = None
 
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:

@@ -34,6 +34,7 @@ from ssl_jax import reporting
 from ssl_jax import run_files
 from ssl_jax import steps
 from ssl_jax import storage
+from ssl_jax import warm_start
 from ssl_jax import workdir_lock
 from ssl_jax.loop import Loop
 from ssl_jax.run_config import (ConfigError, bank_lr_note, num_shards, optim_note,
@@ -105,6 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   nd = jax.local_device_count()
   validate_config(config, nd)
+  warm_start.check_source(config, workdir)
   is_main = jax.process_index() == 0
   created = not storage.is_remote(workdir) and not storage.exists(workdir)
   run_files.prepare_workdir(workdir)
@@ -147,7 +149,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     log(note)
   on_device = bool(config.data.get("on_device", False))
   if on_device:
-    builders.check_resident_fits(train)
+    inputs_lib.check_resident_fits(train)
   total_steps = steps_per_epoch * config.num_epochs
   log(f"{reporting.count(train.num_examples, 'training image')} "
       f"({reporting.count(num_classes, 'class')}), "
@@ -179,8 +181,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
                                     expected_shapes=abstract)
   init_eval_path = storage.join(workdir, "init_eval.json")
   if state is None or not storage.exists(init_eval_path):
-    state = builders.init_bank(
-        config, builders.initial_state(config, model, tx, train.num_examples), train, log)
+    state = warm_start.warm_start(
+        config, builders.initial_state(config, model, tx, train.num_examples), log)
+    state = builders.init_bank(config, state, train, log)
     init_eval = _evaluate_untrained(config, p_eval, state, train, test, num_classes, log)
     if is_main:
       storage.write_json_atomic(init_eval_path, init_eval)
@@ -199,9 +202,10 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     run_files.write_config(workdir, given)
     run_files.write_run_info(workdir, config, train.num_examples)
 
-  step_fn = builders.make_train_step(config, model, tx, total_steps, train.num_examples)
+  step_fn = builders.make_train_step(config, model, tx, total_steps, train.num_examples,
+                                     labels=train.labels)
   p_train_step = mapped_step(step_fn, steps_per_epoch, on_device, parallel)
-  resident = builders.resident_split(train) if on_device else None
+  resident = inputs_lib.resident_split(train) if on_device else None
   # For the mesh, one global array per leaf from here on; the step returns such.
   state = builders.step_state(config, state)
   if parallel == "mesh":
@@ -367,10 +371,13 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
   if loop.is_main:
     storage.write_json_atomic(storage.join(loop.workdir, "summary.json"), summary)
     untrained = summary.get("knn_top1_init", summary.get("knn_top1_bank_init"))
-    log(f"kNN top-1: untrained {reporting.percent(untrained)} -> trained "
+    log(f"kNN top-1: {'start' if config.get('init_from') else 'untrained'} "
+        f"{reporting.percent(untrained)} -> trained "
         f"{reporting.percent(summary['knn_top1'])}; linear top-1 "
-        f"{reporting.percent(summary['linear_top1'])} "
-        f"({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")
+        f"{reporting.percent(summary['linear_top1'])}"
+        + (f"; classifier top-1 {reporting.percent(summary['classifier_top1'])}"
+           if "classifier_top1" in summary else "")
+        + f" ({summary['wall_seconds']:.0f} s, summary in {loop.workdir}/summary.json)")
   return summary
 
 
@@ -378,8 +385,8 @@ def _evaluate_untrained(config, p_eval, state, train, test, num_classes: int, lo
   """The untrained network's kNN; against the calibrated bank with eval.knn_source="bank"
   (no second pass over the training data). Logs the passes made before step 1."""
   from_bank = config.eval.get("knn_source", "embed") == "bank"
-  log("evaluating the untrained network (kNN" + (" against the bank)..." if from_bank
-                                                 else ")..."))
+  name = "starting network (config.init_from)" if config.get("init_from") else "untrained network"
+  log(f"evaluating the {name} (kNN" + (" against the bank)..." if from_bank else ")..."))
   bank = np.asarray(jax.device_get(state.bank)) if methods.get(config.method).uses_bank else None
   variables = devices.replicate(steps.variables(state))
   result = builders.run_evaluation(config, p_eval, variables, train, test, num_classes,
@@ -388,12 +395,12 @@ def _evaluate_untrained(config, p_eval, state, train, test, num_classes: int, lo
   # The bank as initialised against the same network's evaluation embeddings.
   result.update(builders.bank_freshness(config, p_eval, variables, train, bank, 0, 1))
   if from_bank:
-    log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1_bank'])} (bank)")
+    log(f"{name}: kNN top-1 {reporting.percent(result['knn_top1_bank'])} (bank)")
   else:
-    log(f"untrained network: kNN top-1 {reporting.percent(result['knn_top1'])} "
+    log(f"{name}: kNN top-1 {reporting.percent(result['knn_top1'])} "
         f"(embedding {reporting.percent(result['knn_top1_embedding'])})")
   if line := reporting.freshness_line(result):
-    log(f"untrained network: {line}")
+    log(f"{name}: {line}")
   log(f"passes over the training data before step 1: {train.passes}")
   return result
 
@@ -433,8 +440,10 @@ def evaluate_on(workdir: str, train_spec: str, test_spec: str) -> dict:
     print(note)
   model = builders.build_model(config)
   p_eval = evaluate.make_embed_fn(model, builders.augment_config(config))
+  # A classifier head (the supervised method) names the run's classes, not these.
   result = builders.run_evaluation(config, p_eval, devices.replicate(enc.variables), train, test,
-                                   builders.count_classes(train, test), linear=True)
+                                   builders.count_classes(train, test), linear=True,
+                                   classifier=False)
   return {"step": enc.step, "train_data": train_spec, "test_data": test_spec,
           "num_train_examples": train.num_examples, "num_test_examples": test.num_examples,
           **result}

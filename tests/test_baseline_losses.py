@@ -78,3 +78,22 @@ def test_target_decay_schedule_and_ema():
   np.testing.assert_allclose(byol.target_decay(100, 100, 0.99), 1.0, rtol=1e-6)
   out = byol.ema({"w": jnp.ones(3)}, {"w": jnp.zeros(3)}, 0.9)
   np.testing.assert_allclose(out["w"], 0.9)
+
+
+def test_classifier_loss_matches_numpy_with_its_gradient():
+  """The supervised method's cross-entropy and its gradient in the logits, in float64."""
+  from ssl_jax.methods import supervised
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 12)).astype(np.float32) * 3
+  labels = rng.integers(0, 12, 6).astype(np.int32)
+  x = logits.astype(np.float64)
+  logp = x - x.max(1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+  want = -np.mean(logp[np.arange(6), labels])
+  want_grad = (np.exp(logp) - np.eye(12)[labels]) / 6
+  got, grad = jax.value_and_grad(supervised.classifier_loss)(jnp.asarray(logits), labels)
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, atol=1e-7)
+  # bf16 logits (config.model.dtype) are upcast before the softmax
+  low = supervised.classifier_loss(jnp.asarray(logits, jnp.bfloat16), labels)
+  assert low.dtype == jnp.float32 and abs(float(low) - want) < 0.05

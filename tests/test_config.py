@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "simsiam", "config.method must be one of ['ours', 'npid', 'simclr', 'byol']"),
+    ("method", "simsiam", "config.method must be one of ['ours', 'npid', 'simclr', 'byol', 'supervised']"),
     ("bank.update_rule", "ema", "config.bank.update_rule must be one of ['grad', 'momentum']"),
     ("bank.init", "zeros", "config.bank.init must be one of"),
     ("loss.temperature", 0.0, "config.loss.temperature must be > 0"),

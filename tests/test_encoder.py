@@ -12,7 +12,7 @@ from PIL import Image
 
 import ssl_jax
 from ssl_jax import neighbors
-from tests.helpers import needs_cifar10, tiny_config
+from tests.helpers import CIFAR10, needs_cifar10, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -333,3 +333,82 @@ def test_test_classes_are_matched_to_the_training_classes_by_name():
   test = other_data.match_classes(train, split([1, 0, 1], ("cat", "dog")), "a", "b")
   np.testing.assert_array_equal(test.labels, [3, 1, 3])
   assert test.class_names == train.class_names
+
+
+def _fresh_state(config):
+  from ssl_jax import builders, data as data_lib
+  model = builders.build_model(config, bn_axis_name=None)
+  _, tx = builders.build_optimizer(config, data_lib.steps_per_epoch(500, config.batch_size))
+  return model, builders.initial_state(config, model, tx, 500)
+
+
+@needs_cifar10
+def test_init_from_starts_the_backbone_from_another_run_with_fresh_heads(run):
+  """The new run's first forward pass gives load_encoder(W)'s features; its heads (and
+  BYOL's target, rebuilt from the loaded encoder) are the fresh ones of its own seed."""
+  import jax
+  from ssl_jax import augment, builders, warm_start
+  workdir, test = run
+  source = ssl_jax.load_encoder(workdir)
+  images = test.images[:24]
+  want_h, _ = source.embed(images)
+  for method in ("simclr", "byol"):
+    config = tiny_config(method, init_from=str(workdir))
+    model, fresh = _fresh_state(config)
+    state = warm_start.warm_start(config, fresh, log=lambda *a: None)
+    aug_cfg = builders.augment_config(config)
+    h, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                       augment.preprocess_eval(images, aug_cfg), train=False)
+    np.testing.assert_allclose(np.asarray(h), want_h, rtol=1e-5, atol=1e-5)
+    fresh_h, _ = model.apply({"params": fresh.params, "batch_stats": fresh.batch_stats},
+                             augment.preprocess_eval(images, aug_cfg), train=False)
+    assert np.abs(np.asarray(fresh_h) - want_h).max() > 1e-2  # the graft changed something
+    heads = [k for k in state.params if k != warm_start.BACKBONE]
+    assert heads
+    for k in heads:
+      for a, b in zip(jax.tree_util.tree_leaves(state.params[k]),
+                      jax.tree_util.tree_leaves(fresh.params[k])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if method == "byol":
+      for a, b in zip(jax.tree_util.tree_leaves(state.extra["params"]),
+                      jax.tree_util.tree_leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@needs_cifar10
+def test_init_from_a_mismatched_backbone_or_no_source_is_one_line(run, tmp_path):
+  from ssl_jax import warm_start
+  from ssl_jax.run_config import ConfigError
+  workdir, _ = run
+  config = tiny_config(init_from=str(workdir), **{"model.width": 0.25})
+  with pytest.raises(ConfigError, match=r"holds a resnet10 \(width 0.125, 32 px\) backbone; "
+                      r"this run builds a resnet10 \(width 0.25, 32 px\) one"):
+    warm_start.warm_start(config, _fresh_state(config)[1])
+  missing = tiny_config(init_from=str(tmp_path / "nothing"))
+  with pytest.raises(ConfigError, match="no training workdir or export there"):
+    warm_start.check_source(missing, str(tmp_path / "run"))
+  with pytest.raises(ConfigError, match="this run's own workdir"):
+    warm_start.check_source(tiny_config(init_from=str(workdir)), str(workdir))
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ConfigError, match=f"config.init_from={empty}: "):
+    warm_start.warm_start(tiny_config(init_from=str(empty)),
+                          _fresh_state(tiny_config())[1])
+  line = _one_error_line(_cli("ssl_jax.main", "--config", "configs/quickstart.py", "--workdir",
+                              tmp_path / "w2", f"--config.init_from={workdir}",
+                              "--config.model.width=0.5", "--config.data.fraction=0.01",
+                              f"--config.data.source=folder:{CIFAR10}"))
+  assert "backbone" in line and "width 0.125" in line and "width 0.5" in line
+
+
+def test_every_methods_checkpoint_structure_is_what_load_encoder_expects():
+  """load_encoder checks a checkpoint against the model its config builds: for every
+  method (BYOL's predictor included) that is what training saves."""
+  from ssl_jax import builders, checkpoint, data as data_lib, encoder, methods
+  for method in methods.names():
+    config = tiny_config(method)
+    model = builders.build_model(config, bn_axis_name=None)
+    _, tx = builders.build_optimizer(config, data_lib.steps_per_epoch(500, config.batch_size))
+    state = builders.abstract_state(config, model, tx, 500)   # shapes only: nothing runs
+    saved = checkpoint.leaf_specs({"params": state.params, "batch_stats": state.batch_stats})
+    assert checkpoint.structure_difference(saved, encoder._expected_specs(config)) is None, method

@@ -41,6 +41,38 @@ def test_subsets_are_class_balanced_seeded_and_nested():
     evaluate.balanced_subset(labels, 0, seed=0)
 
 
+def test_a_label_fraction_trains_on_the_subset_the_evaluation_draws_for_that_seed():
+  """config.data.label_fraction: class-balanced, seeded, nested, and the few-label
+  setting's own subset for the same fraction and seed."""
+  from ssl_jax import data as data_lib
+  labels = np.repeat(np.arange(10), 100)[np.random.default_rng(3).permutation(1000)]
+  images = np.arange(1000, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+  split = data_lib.Split(images, labels.astype(np.int32), tuple("abcdefghij"),
+                         np.arange(1000) + 7)  # rows 7.. of some larger split
+  assert data_lib.label_subset(split, 1.0, seed=0) is split
+  eval_cfg = ml_collections.ConfigDict({"label_fractions": (0.1,), "shots_per_class": ()})
+  (name, per_class), = lowshot.settings(eval_cfg, labels)
+  for seed in (0, 1):
+    sub = data_lib.label_subset(split, 0.1, seed)
+    want = evaluate.balanced_subset(labels, per_class, seed)
+    assert name == "labels_10%" and len(sub) == sub.num_examples == 100 == len(want)
+    np.testing.assert_array_equal(sub.labels, labels[want])
+    np.testing.assert_array_equal(sub.images, images[want])
+    np.testing.assert_array_equal(sub.source_index, want + 7)
+    assert np.all(np.bincount(sub.labels) == 10)
+    assert set(data_lib.label_subset(split, 0.03, seed).source_index) < set(sub.source_index)
+  assert not np.array_equal(data_lib.label_subset(split, 0.1, 0).source_index,
+                            data_lib.label_subset(split, 0.1, 1).source_index)
+
+
+def test_a_label_fraction_outside_the_in_memory_single_process_input_is_refused():
+  for overrides, match in [({"data.label_fraction": 0.0}, r"label_fraction must be in \(0, 1\]"),
+                           ({"data.label_fraction": 0.1, "data.stream": True},
+                            "needs the in-memory input")]:
+    with pytest.raises(run_config.ConfigError, match=match):
+      run_config.validate_config(tiny_config(**overrides), 1)
+
+
 def test_settings_name_fractions_and_shots_and_round_a_fraction_per_class():
   labels = np.repeat(np.arange(10), 500)   # 5,000 rows, 500 per class
   cfg = ml_collections.ConfigDict({"label_fractions": (0.01, 0.1), "shots_per_class": (1, 10)})

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ssl_jax"
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
 MAX_LINES = 450
-METHOD_NAMES = ("ours", "npid", "simclr", "byol")
+METHOD_NAMES = ("ours", "npid", "simclr", "byol", "supervised")
 # Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"absl": "absl-py", "orbax": "orbax-checkpoint", "ml_collections": "ml-collections",
                  "PIL": "pillow", "tensorflow": "tensorflow-cpu",
@@ -97,7 +97,7 @@ def test_no_method_is_named_outside_the_methods_package():
 def test_the_registry_knows_every_built_in_method():
   from ssl_jax import methods
   assert methods.names() == METHOD_NAMES
-  assert [methods.get(n).uses_bank for n in METHOD_NAMES] == [True, True, False, False]
+  assert [methods.get(n).uses_bank for n in METHOD_NAMES] == [True, True, False, False, False]
 
 
 def test_no_hand_written_event_encoding():

@@ -12,6 +12,7 @@ from ssl_jax import devices as devices_lib
 from ssl_jax import run_config
 from ssl_jax import augment
 from ssl_jax import builders
+from ssl_jax import inputs
 from ssl_jax import optim
 from ssl_jax import steps
 from ssl_jax import train
@@ -118,7 +119,7 @@ def test_resident_rows_gather_each_process_its_own_instances():
     images = np.zeros((len(ids), 2, 2, 3), np.uint8)
     images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
     split = data_lib.Split(images, np.zeros(len(ids), np.int32), ("a",), layout=layout)
-    resident = builders.resident_split(split)
+    resident = inputs.resident_split(split)
     assert resident.shape == (nd, 253, 2, 2, 3)
     table = np.swapaxes(data_lib.epoch_indices(layout, global_batch=batch, num_local_devices=nd,
                                                seed=0, epoch=3), 0, 1)  # [D, steps, b]
@@ -141,4 +142,4 @@ def test_device_resident_data_too_large_for_the_device_is_refused(tmp_path, monk
     train.train_and_evaluate(tiny_config(**{"data.on_device": True}), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()  # refused before anything was built
   monkeypatch.setattr(devices_lib, "memory_limit_bytes", lambda: 4_000_000)
-  builders.check_resident_fits(builders.load_data(tiny_config(), lambda *a: None)[0])
+  inputs.check_resident_fits(builders.load_data(tiny_config(), lambda *a: None)[0])

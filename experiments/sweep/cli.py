@@ -8,13 +8,16 @@ from typing import Callable, Optional
 from experiments.sweep.runs import run_sweep
 
 
-def main(module: str, report: Callable, variants: Optional[Callable] = None) -> None:
+def main(module: str, report: Callable, variants: Optional[Callable] = None,
+         after: Optional[Callable] = None) -> None:
   """The command line of an experiment: `python -m <module> --config ... --workdir ...`.
 
   Flags are defined here, not at import, so that tests can import every
   experiment's run module into one process.
   `variants(config)`, when given, builds config.variants from the
   experiment's axes (so `--config.fractions=...` changes them);
+  `after(config, workdir, results)`, when given, is a step over the finished
+  runs before the report (evaluating each on other data) and returns results;
   `report(config, results, command)` writes the results and returns Markdown.
   """
   from absl import app, flags, logging
@@ -35,6 +38,8 @@ def main(module: str, report: Callable, variants: Optional[Callable] = None) -> 
         config.variants = variants(config)
     # SweepError is a ValueError: like every user error, one `error:` line.
     results = cli.run_guarded(lambda: run_sweep(config, workdir.value), debug.value)
+    if after is not None:
+      results = cli.run_guarded(lambda: after(config, workdir.value, results), debug.value)
     print(report(config, results, f"python -m {module} " + " ".join(sys.argv[1:])))
 
   app.run(run, flags_parser=cli.parse_flags)

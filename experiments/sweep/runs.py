@@ -56,7 +56,9 @@ def config_differences(saved: dict, wanted: ml_collections.ConfigDict) -> list[s
   another checkout of the same archive still counts. A field the run's
   config lacks (added to the library after the run) matches when the sweep
   wants its default, which by this library's rule keeps the old behaviour.
-  `train_flops` matches within a relative `FLOPS_RTOL`.
+  `train_flops` matches within a relative `FLOPS_RTOL`. `init_from` (a run the
+  sweep starts another from) is compared by its last two parts, `<variant>/seed<k>`,
+  so a record made under another --workdir still counts.
   """
   a = _flatten(saved)
   b = _flatten(json.loads(wanted.to_json_best_effort()))
@@ -70,6 +72,8 @@ def config_differences(saved: dict, wanted: ml_collections.ConfigDict) -> list[s
       continue
     if field == "data.source" and isinstance(x, str) and isinstance(y, str):
       x, y = os.path.basename(x), os.path.basename(y)
+    if field == "init_from" and isinstance(x, str) and isinstance(y, str):
+      x, y = (os.path.join(*os.path.normpath(p).split(os.sep)[-2:]) if p else p for p in (x, y))
     if (field == "train_flops" and isinstance(x, float) and isinstance(y, float)
         and abs(x - y) <= FLOPS_RTOL * max(abs(x), abs(y))):
       continue
@@ -162,6 +166,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print,
         state = f"training ({run_dir})"
       log(f"[{done}/{total}] {v.name} seed {seed}: {state}")
       run_config = variant_config(config.base, v, seed)
+      if "{" in run_config.get("init_from", ""):
+        # A variant started from another of this sweep's runs names it by its seed
+        # and the sweep's folder: init_from={workdir}/ours/seed{seed}.
+        with run_config.unlocked():
+          run_config.init_from = run_config.init_from.format(seed=seed, workdir=workdir)
       if run_config.get("compilation_cache_dir", "") == "workdir":
         # One cache for the sweep: its runs compile the same programs.
         with run_config.unlocked():

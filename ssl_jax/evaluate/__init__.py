@@ -38,11 +38,14 @@ __all__ = ["extract_features", "gather_labels", "gather_rows", "make_embed_fn", 
 
 def evaluate_features(train_h: Rows, train_z: Rows, test_h: np.ndarray, test_z: np.ndarray,
                       test_y: np.ndarray, eval_cfg, num_classes: int, *, linear: bool = True,
-                      process_counts: Optional[list[int]] = None) -> dict:
+                      process_counts: Optional[list[int]] = None,
+                      classifier: bool = False) -> dict:
   """kNN on h and on z, and (optionally) the linear probe on h.
 
   train_*: the training rows on the devices; test_*: this process's test
-  rows, with `process_counts` every process's count.
+  rows, with `process_counts` every process's count. classifier: z holds
+  class logits (the supervised method's head); adds `classifier_top1`, the
+  test top-1 of argmax z[:, :num_classes] (one process).
   """
   knn = functools.partial(knn_top1, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature,
                           num_classes=num_classes, process_counts=process_counts)
@@ -54,4 +57,7 @@ def evaluate_features(train_h: Rows, train_z: Rows, test_h: np.ndarray, test_z: 
         epochs=eval_cfg.linear_epochs, batch_size=eval_cfg.linear_batch_size,
         lr=eval_cfg.linear_lr, weight_decay=eval_cfg.linear_weight_decay,
         desc="linear probe (epochs)")
+  if classifier:
+    predicted = np.argmax(np.asarray(test_z)[:, :num_classes], axis=1)
+    out["classifier_top1"] = float(np.mean(predicted == np.asarray(test_y)))
   return out

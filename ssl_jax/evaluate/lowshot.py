@@ -22,26 +22,10 @@ import jax
 import numpy as np
 
 from ssl_jax import devices
+from ssl_jax.data import balanced_subset, labels_per_class
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear import linear_probe
 from ssl_jax.evaluate.rows import Rows, shard_rows
-
-
-def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-  """Sorted indices into `labels` [N]: `per_class` rows of every class (all, where fewer).
-
-  Class c's rows are taken in the order of a permutation keyed by (seed, c),
-  so a smaller `per_class` with the same seed gives a subset of a larger one.
-  """
-  if per_class < 1:
-    raise ValueError(f"per_class must be >= 1, got {per_class}.")
-  labels = np.asarray(labels)
-  chosen = []
-  for c in np.unique(labels):
-    rows = np.flatnonzero(labels == c)
-    order = np.random.default_rng([int(seed), int(c) & 0x7FFFFFFF]).permutation(len(rows))
-    chosen.append(rows[order[:per_class]])
-  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
 def configured(eval_cfg) -> bool:
@@ -55,7 +39,7 @@ def settings(eval_cfg, labels: np.ndarray) -> list[tuple[str, int]]:
   num_classes = max(len(np.unique(labels)), 1)
   out = []
   for fraction in eval_cfg.get("label_fractions", ()):
-    per_class = max(1, int(round(float(fraction) * len(labels) / num_classes)))
+    per_class = labels_per_class(fraction, len(labels), num_classes)
     out.append((f"labels_{100 * float(fraction):g}%", per_class))
   for shots in eval_cfg.get("shots_per_class", ()):
     out.append((f"shots_{int(shots)}", int(shots)))

@@ -51,6 +51,8 @@ class Method:
     (checkpointed with the rest).
   validate: raises ValueError naming the field for a config the method cannot
     run (called before anything is read or compiled).
+  classifier: whether the projection head is a classifier (z[:, c] is class
+    c's logit): the final evaluation then adds `classifier_top1`.
   """
   name: str
   summary: str
@@ -61,6 +63,7 @@ class Method:
   model_options: Callable[[Any], dict] = _plain_model
   init_extra: Callable[[TrainState], Any] = _no_extra
   validate: Callable[[Any], None] = _nothing
+  classifier: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
