@@ -118,3 +118,41 @@ def run_experiment(name: str, preset: str, workdir, *flags: str, timeout: int = 
          f"experiments/{name}/config.py:{preset}", "--workdir", str(workdir), *flags]
   return subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def committed_record_differences(config, variants_fn) -> dict:
+  """{record path: [config differences]} for every run record committed under
+  config.records_dir, against the run the sweep (`variants_fn(config)`) would ask for;
+  empty lists when the sweep would reuse it. Skips when none is committed.
+
+  The budget is the records' own (the sweep's count, not compiled again) and
+  `{workdir}` in init_from is a placeholder (records are compared by its last two
+  parts), so this needs neither data nor a compile: a library change that alters a
+  committed run shows in the default tests, not as a refused record hours into a sweep.
+  """
+  import glob
+  import json
+  import re
+  from experiments import sweep
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = sorted(p for p in glob.glob(os.path.join(repo, config.records_dir, "*", "seed*.json"))
+                 if re.fullmatch(r"seed\d+\.json", os.path.basename(p)))
+  if not paths:
+    pytest.skip(f"no records committed under {config.records_dir}")
+  saved = {}
+  for p in paths:
+    with open(p) as f:
+      saved[p] = json.load(f)["config"]
+  with config.unlocked():
+    config.budget = max(float(s.get("train_flops", 0) or 0) for s in saved.values())
+  variants = {v.name: v for v in sweep.parse_variants(variants_fn(config), config.base)}
+  out = {}
+  for path, run in saved.items():
+    name, seed = os.path.basename(os.path.dirname(path)), int(os.path.basename(path)[4:-5])
+    assert name in variants, f"{path}: no variant {name!r} in the sweep"
+    wanted = sweep.variant_config(config.base, variants[name], seed)
+    if "{" in wanted.get("init_from", ""):
+      with wanted.unlocked():
+        wanted.init_from = wanted.init_from.format(seed=seed, workdir="workdir")
+    out[path] = sweep.config_differences(run, wanted)
+  return out

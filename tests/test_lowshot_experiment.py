@@ -10,7 +10,7 @@ import pytest
 from experiments import sweep
 from experiments.lowshot import config as config_lib
 from experiments.lowshot import run as lowshot
-from tests.helpers import needs_cifar10, run_experiment
+from tests.helpers import committed_record_differences, needs_cifar10, run_experiment
 
 def test_fine_tuning_runs_take_the_same_steps_on_the_labelled_images():
   config = config_lib.get_config("cpu")
@@ -88,3 +88,10 @@ def test_the_smoke_preset_pretrains_fine_tunes_and_trains_from_scratch(tmp_path)
   ft = json.loads((tmp_path / "runs" / "ours-ft-f0.1" / "seed0" / "config.json").read_text())
   assert ft["init_from"] == str(tmp_path / "runs" / "ours" / "seed0")
   assert "encoder backbone from" in proc.stdout + proc.stderr
+
+
+def test_the_committed_records_are_what_the_sweep_asks_for():
+  """Every committed record (pretraining, fine-tuning, from scratch) is a run the cpu
+  preset's sweep would reuse; skipped until the first record is committed."""
+  diffs = committed_record_differences(config_lib.get_config("cpu"), lowshot.variants)
+  assert {p: d for p, d in diffs.items() if d} == {}

@@ -13,7 +13,7 @@ from PIL import Image
 from experiments import sweep
 from experiments.transfer import config as config_lib
 from experiments.transfer import run as transfer
-from tests.helpers import needs_cifar10, run_experiment
+from tests.helpers import committed_record_differences, needs_cifar10, run_experiment
 
 def _archive(path, per_class=3, classes=config_lib.SEEN + config_lib.UNSEEN):
   buf = io.BytesIO()
@@ -45,6 +45,20 @@ def test_the_class_folders_split_seen_from_unseen_once(tmp_path):
   config.data_root = str(tmp_path / "other")
   with pytest.raises(sweep.SweepError, match="lacks images for the class folders"):
     transfer.folders(config)
+
+
+def test_the_committed_records_are_what_the_sweep_asks_for(tmp_path):
+  """Every committed (method, seed) record is a run the cpu preset's sweep would reuse;
+  a changed recipe would not be (so the check can fail)."""
+  config = config_lib.get_config("cpu")
+  config.archive = _archive(tmp_path / "a.tar.gz")   # the folders' names, not their images
+  config.data_root = str(tmp_path / "data")
+  config.train_per_class, config.test_per_class = 2, 1
+  diffs = committed_record_differences(config, transfer.variants)
+  assert {p: d for p, d in diffs.items() if d} == {}
+  config.base.optim.base_lr *= 2
+  changed = committed_record_differences(config, transfer.variants)
+  assert all(any(d.startswith("optim.base_lr") for d in v) for v in changed.values())
 
 
 def _summary(seed, knn, unseen=None):
