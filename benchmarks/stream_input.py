@@ -4,14 +4,17 @@
     python -m benchmarks.stream_input --images 4000 --workers 0,2,4 --sizes 64,224
 
 Writes synthetic ImageNet-sized JPEGs (smooth random fields) into a temporary
-folder tree, then, for each output size:
-  - per core: images/s of one process doing a decoder's whole host work
-    (`stream.decode_crop`: read, decode, random-resized crop), and of its
-    two parts alone (the full decode; the crop's resize from decoded arrays);
+folder tree, then, for each output size and each decoder (`config.data.decoder`,
+`ssl_jax/decoders.py`):
+  - per core: images/s of one process doing the decoder's whole host work
+    (pillow: read, decode, random-resized crop and resize; simplejpeg: read,
+    decode and copy the crop's window, which the device resizes), and of its
+    parts alone (the full decode; pillow's resize from decoded arrays);
   - pooled: images/s of one epoch of `stream.TrainStream` for each worker
     count, in steady state: timed from the batch by which every worker has
     delivered (each worker first imports Grain, and with it JAX, which takes
     seconds of CPU), to the end; the seconds to that point are reported apart;
+  - the mean absolute pixel difference between the two decoders' views;
   - beside them, batches assembled from an in-memory decoded split
     (`data.train_batches`), the in-memory path's per-step host work.
 Prints a table and writes benchmarks/results/stream_input.{json,md}, with
@@ -31,7 +34,7 @@ import time
 
 import numpy as np
 
-DECODERS = ("pillow",)  # the decoders ssl_jax.stream has; config.data.decoder is to come
+DECODERS = ("pillow", "simplejpeg")  # ssl_jax.decoders.DECODERS, config.data.decoder
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
@@ -46,29 +49,53 @@ def write_jpegs(root: pathlib.Path, n: int, size=(500, 375)) -> None:
     image.save(path, quality=90)
 
 
-def time_per_core(datas: list[bytes], size: int) -> dict:
-  """Images/s in this process: the whole host crop (`stream.decode_crop`), and its parts:
-  the full decode alone, and the random-resized crop's resize from decoded images."""
+def time_per_core(datas: list[bytes], size: int, decoder: str) -> dict:
+  """Images/s in this process: a decoder's whole host work (`decoders.decode_crop`, or
+  `decoders.decode_window`, whose resize the device does), and its parts: the full
+  decode alone, and (pillow) the crop's resize from decoded images."""
   from PIL import Image
-  from ssl_jax import stream
+  from ssl_jax import decoders
   rngs = lambda: (np.random.default_rng([0, 0, i, 0]) for i in range(len(datas)))
+  host = decoders.decode_window if decoder == "simplejpeg" else decoders.decode_crop
   t0 = time.perf_counter()
   for i, (data, rng) in enumerate(zip(datas, rngs())):
-    stream.decode_crop(data, str(i), size, rng, SCALE, RATIO)
+    host(data, str(i), size, rng, SCALE, RATIO)
   whole = len(datas) / (time.perf_counter() - t0)
   t0 = time.perf_counter()
-  decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in datas]
+  if decoder == "simplejpeg":
+    import simplejpeg
+    decoded = [simplejpeg.decode_jpeg(data, colorspace="RGB") for data in datas]
+  else:
+    decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in datas]
   decode = len(datas) / (time.perf_counter() - t0)
+  if decoder == "simplejpeg":
+    return {"decode_crop": whole, "full_decode_alone": decode, "resize_alone": None}
   t0 = time.perf_counter()
   for img, rng in zip(decoded, rngs()):
-    left, top, w, h = stream.crop_box(rng, *img.size, SCALE, RATIO)
+    left, top, w, h = decoders.crop_box(rng, *img.size, SCALE, RATIO)
     np.asarray(img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h)))
   resize = len(datas) / (time.perf_counter() - t0)
   return {"decode_crop": whole, "full_decode_alone": decode, "resize_alone": resize}
 
 
-def time_epoch(root: pathlib.Path, workers: int, batch: int,
-               size: int = 224) -> tuple[float, float]:
+def pixel_difference(datas: list[bytes], size: int) -> float:
+  """Mean absolute difference (levels of 255) between the pillow decoder's views and the
+  simplejpeg decoder's, resized as the step resizes them (`augment.resize_windows`)."""
+  import jax
+  from ssl_jax import augment, decoders
+  rng = lambda i: np.random.default_rng([0, 0, i, 0])
+  pillow = np.stack([decoders.decode_crop(d, str(i), size, rng(i), SCALE, RATIO)
+                     for i, d in enumerate(datas)])
+  windows = [decoders.decode_window(d, str(i), size, rng(i), SCALE, RATIO)
+             for i, d in enumerate(datas)]
+  resize = jax.jit(augment.resize_windows, static_argnums=2)
+  device = np.asarray(resize(np.stack([w[0] for w in windows]),
+                             np.stack([w[1] for w in windows]), size))
+  return float(np.abs(pillow.astype(np.int32) - device).mean())
+
+
+def time_epoch(root: pathlib.Path, workers: int, batch: int, size: int = 224,
+               decoder: str = "pillow") -> tuple[float, float]:
   """(seconds until every worker has delivered a batch; images/s after that) of one
   epoch of TrainStream."""
   from configs import default
@@ -79,7 +106,8 @@ def time_epoch(root: pathlib.Path, workers: int, batch: int,
                   cache_dir=""))
   split = stream.load_split(cfg, "train", fraction=1.0, seed=0, log=lambda *a: None)
   batches = stream.TrainStream(split, global_batch=batch, num_local_devices=1, seed=0, epoch=0,
-                               start_step=0, views=1, scale=SCALE, ratio=RATIO)
+                               start_step=0, views=1, scale=SCALE, ratio=RATIO,
+                               decoder=decoder)
   # A batch is cut into pieces of stream.CHUNK rows, dealt to the workers in turn.
   warm = -(-max(workers, 1) // -(-batch // stream.CHUNK))
   t0 = time.perf_counter()
@@ -112,7 +140,7 @@ def main() -> None:
   sizes = [int(x) for x in args.sizes.split(",")]
   workers = [int(x) for x in args.workers.split(",")]
   rates = {d: {s: {} for s in sizes} for d in DECODERS}
-  per_core, starts, memory = {d: {} for d in DECODERS}, {}, {}
+  per_core, starts, memory, diff = {d: {} for d in DECODERS}, {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     write_jpegs(root, args.images)
@@ -120,10 +148,12 @@ def main() -> None:
     kb = np.mean([p.stat().st_size for p in paths]) / 1024
     datas = [p.read_bytes() for p in paths[:500]]
     for size in sizes:
-      per_core["pillow"][size] = time_per_core(datas, size)
-      for w in workers:
-        starts[f"{size} px, {w} workers"], rates["pillow"][size][w] = time_epoch(
-            root, w, args.batch, size)
+      for d in DECODERS:
+        per_core[d][size] = time_per_core(datas, size, d)
+        for w in workers:
+          starts[f"{d}, {size} px, {w} workers"], rates[d][size][w] = time_epoch(
+              root, w, args.batch, size, d)
+      diff[size] = pixel_difference(datas[:200], size)
       memory[size] = time_memory_batches(args.images, args.batch, size)
   meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
           "machine": platform.processor() or platform.machine(), "images": args.images,
@@ -132,19 +162,24 @@ def main() -> None:
           f"--images {args.images} --workers {args.workers} --batch {args.batch} "
           f"--sizes {args.sizes}"}
   result = {"meta": meta, "rates": rates, "per_core": per_core,
-            "decoder_pixel_mean_abs_diff": {},  # one decoder so far: nothing to compare
+            "decoder_pixel_mean_abs_diff": {"pillow-simplejpeg": diff},
             "seconds_to_every_worker": starts, "in_memory_batches": memory}
   lines = [f"# Streaming input, {meta['date']}, {meta['cpus']} CPUs", "",
            f"`{meta['command']}`: {args.images} synthetic JPEGs of 500x375 "
            f"({meta['jpeg_kb']} KB mean), random-resized crops (scale 0.08-1), batches of "
            f"{args.batch} cut into pieces of at most {meta['stream_chunk']} images.", "",
            f"Per core (one process, {len(datas)} of the images), images/s:", "",
-           "| decoder | size | decode and crop | full decode alone | resize alone |",
-           "| --- | --- | --- | --- | --- |"]
+           "| decoder | size | host work (decode and crop) | x pillow | full decode alone "
+           "| host resize alone |", "| --- | --- | --- | --- | --- | --- |"]
   for d in DECODERS:
     for size, r in per_core[d].items():
-      lines.append(f"| {d} | {size} | {r['decode_crop']:,.0f} | {r['full_decode_alone']:,.0f} "
-                   f"| {r['resize_alone']:,.0f} |")
+      resize = f"{r['resize_alone']:,.0f}" if r["resize_alone"] else "- (on the device)"
+      lines.append(f"| {d} | {size} | {r['decode_crop']:,.0f} | "
+                   f"{r['decode_crop'] / per_core['pillow'][size]['decode_crop']:.2f}x | "
+                   f"{r['full_decode_alone']:,.0f} | {resize} |")
+  lines += ["", "Mean absolute pixel difference, pillow's views against simplejpeg's resized "
+            "by `augment.resize_windows` (levels of 255, 200 images): "
+            + "; ".join(f"{s} px: {v:.2f}" for s, v in diff.items()) + "."]
   lines += ["", "TrainStream, one epoch in steady state, images/s (0 workers: two threads of "
             "the reading process):", "",
             "| decoder | size | " + " | ".join(f"{w} workers" for w in workers)

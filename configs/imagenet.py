@@ -5,7 +5,8 @@
 
 Needs `imagenet2012` prepared in ArrayRecord format (README, "ImageNet-scale
 input"). Every process streams its rows (`data.stream`, `ssl_jax/stream.py`)
-with `data.workers` Grain workers; the bank holds all 1,281,167 training
+with a Grain worker per core, each decoding with libjpeg-turbo and leaving the
+crop's resize to the device (`data.decoder="simplejpeg"`, ssl_jax/decoders.py); the bank holds all 1,281,167 training
 images, split over the devices (`bank.sharded`: 1,281,167 x 128 float32 is
 656 MB in total, not on every device). kNN during training reads the bank
 (`eval.knn_source="bank"`): one pass over the 50,000 validation images, not
@@ -41,6 +42,7 @@ def get_config(method: str = "ours"):
   config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
   config.data.stream = True
   config.data.workers = -1           # one per core this process may use (os.sched_getaffinity)
+  config.data.decoder = "simplejpeg"  # the host decodes; the device resizes (ssl_jax/decoders.py)
   config.data.cache_dir = ""
 
   config.model.name = "resnet50"

@@ -62,6 +62,28 @@ def random_resized_crop(key: jax.Array, image: jax.Array, out_size: int,
       jnp.stack([sy, sx]), jnp.stack([-y0 * sy, -x0 * sx]), method="linear", antialias=True)
 
 
+def resize_windows(canvases: jax.Array, windows: jax.Array, out_size: int) -> jax.Array:
+  """Each canvas's window resized to out_size: the device half of the streaming input's
+  "simplejpeg" decoder (`ssl_jax/decoders.py`).
+
+  canvases: uint8 [..., C, C, 3]; windows: float [..., 4], (top, left, height,
+  width) in canvas pixels. Returns uint8 [..., S, S, 3], bilinear with
+  antialiasing as the host's Pillow resize, rounded as Pillow rounds.
+  """
+  lead = canvases.shape[:-3]
+  flat = canvases.reshape((-1,) + canvases.shape[-3:]).astype(jnp.float32)
+  boxes = windows.reshape(-1, 4).astype(jnp.float32)
+
+  def one(image, box):
+    sy, sx = out_size / box[2], out_size / box[3]
+    return jax.image.scale_and_translate(
+        image, (out_size, out_size, 3), (0, 1), jnp.stack([sy, sx]),
+        jnp.stack([-box[0] * sy, -box[1] * sx]), method="linear", antialias=True)
+  out = jax.vmap(one)(flat, boxes)
+  out = jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+  return out.reshape(lead + (out_size, out_size, 3))
+
+
 def _rgb_to_hsv(rgb: jax.Array) -> jax.Array:
   r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
   maxc = jnp.max(rgb, axis=-1)

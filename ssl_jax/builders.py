@@ -66,7 +66,16 @@ def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0,
   ctx = steps.StepContext(config=config, model=model, tx=tx, aug_cfg=augment_config(config),
                           total_steps=total_steps, num_examples=num_examples,
                           axis_name=axis_name, labels=labels)
-  return methods.get(config.method).make_step(ctx)
+  step = methods.get(config.method).make_step(ctx)
+  size = int(config.data.image_size)
+
+  def step_fn(state, batch):
+    if "box" in batch:  # the streamed windows of decoder "simplejpeg": resized here
+      with jax.named_scope("resize_windows"):
+        batch = {**batch, "image": augment.resize_windows(batch["image"], batch["box"], size)}
+      batch.pop("box")
+    return step(state, batch)
+  return step_fn
 
 
 def load_data(config, log=print, workdir: str = "") -> tuple[data_lib.Split, data_lib.Split, int]:

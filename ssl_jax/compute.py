@@ -35,6 +35,7 @@ import numpy as np
 
 from ssl_jax import builders
 from ssl_jax import data as data_lib
+from ssl_jax import decoders
 from ssl_jax import devices
 from ssl_jax import methods
 from ssl_jax import storage
@@ -100,13 +101,18 @@ def abstract_state(config, model, tx, num_examples: int, local_devices: int,
 
 def abstract_stream_batch(config, local_devices: int, global_devices: int) -> dict:
   """A streamed batch's shapes: one host crop per view, uint8 [D, b, (V,) S, S, 3] and
-  int32 index [D, b] (ssl_jax.stream)."""
+  int32 index [D, b] (ssl_jax.stream); with decoder "simplejpeg", window canvases of
+  2S a side and their float32 'box' [D, b, (V,) 4], which the step resizes."""
   b = int(config.batch_size) // global_devices
-  views = methods.get(config.method).num_views
-  s = int(config.data.image_size)
-  return {"image": jax.ShapeDtypeStruct(
-              (local_devices, b) + ((views,) if views > 1 else ()) + (s, s, 3), np.uint8),
-          "index": jax.ShapeDtypeStruct((local_devices, b), np.int32)}
+  lead = (local_devices, b) + ((views,) if (views := methods.get(config.method).num_views) > 1
+                               else ())
+  decoder = config.data.get("decoder", "pillow")
+  c = decoders.canvas_size(int(config.data.image_size), decoder)
+  batch = {"image": jax.ShapeDtypeStruct(lead + (c, c, 3), np.uint8),
+           "index": jax.ShapeDtypeStruct((local_devices, b), np.int32)}
+  if decoder == "simplejpeg":
+    batch["box"] = jax.ShapeDtypeStruct(lead + (4,), np.float32)
+  return batch
 
 
 def step_flops(config, train: data_lib.Split, steps_per_epoch: int) -> float:

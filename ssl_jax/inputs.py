@@ -143,7 +143,8 @@ def epoch_inputs(config, train: data_lib.Split, *, epoch: int, start: int, step:
     stream = stream_lib.TrainStream(
         train, global_batch=int(config.batch_size), num_local_devices=nd, seed=config.seed,
         epoch=epoch, start_step=start, views=methods.get(config.method).num_views,
-        scale=tuple(a.crop_scale), ratio=tuple(a.get("crop_ratio", (3 / 4, 4 / 3))))
+        scale=tuple(a.crop_scale), ratio=tuple(a.get("crop_ratio", (3 / 4, 4 / 3))),
+        decoder=config.data.get("decoder", "pillow"))
     return EpochInput(((b,) for b in devices.prefetch(stream, depth, put)), stream,
                       train.images.workers)
   batches = data_lib.train_batches(

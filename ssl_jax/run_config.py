@@ -14,6 +14,7 @@ import ml_collections
 
 from ssl_jax import bank_objective
 from ssl_jax import data as data_lib
+from ssl_jax import decoders
 from ssl_jax import mapping
 from ssl_jax import methods
 from ssl_jax import models
@@ -96,6 +97,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if int(config.data.get("workers", 0)) < -1:
       raise ConfigError(f"config.data.workers must be >= 0, or -1 for one per core, got "
                         f"{config.data.workers}.")
+    if why := decoders.check_available(config.data.get("decoder", "pillow")):
+      raise ConfigError(why)  # (only a streamed run decodes per step)
   if int(config.data.get("prefetch", 2)) < 1:
     raise ConfigError(f"config.data.prefetch must be >= 1, got {config.data.prefetch}.")
   allowed("parallel", config.get("parallel", "pmap"), mapping.PARALLEL)

@@ -68,12 +68,18 @@ def remove_if_empty(workdir: str) -> None:
     pass  # not empty, or already gone: kept as it is
 
 
-def check_resumable(workdir: str, config, num_train_examples: int) -> None:
-  """Raises ConfigError if the run in `workdir` came from an incompatible config."""
+def check_resumable(workdir: str, config, num_train_examples: int, log=print) -> None:
+  """Raises ConfigError if the run in `workdir` came from an incompatible config; logs a
+  note when its last start streamed with another decoder than this machine's."""
   path = storage.join(workdir, "run_info.json")
   if not storage.exists(path):
     return
   info = storage.read_json(path)
+  here = _decoder(config)
+  if info.get("decoder") and here and info["decoder"] != here:
+    log(f"note: this run last decoded its stream with {info['decoder']}, this machine with "
+        f"{here}: the crops are the same, their pixels differ within the decoders' bound "
+        f"(ssl_jax/decoders.py), so it will not end bit-identical to an uninterrupted run.")
   saved = info.get("config", {})
   for field in RESUME_FIELDS:
     here = _field(config, field)
@@ -178,11 +184,20 @@ def record_epoch_time(workdir: str, step: int, seconds: float, steps: int,
   storage.write_json_atomic(path, dict(sorted(entries.items(), key=lambda kv: int(kv[0]))[-4:]))
 
 
+def _decoder(config) -> str:
+  """'<decoder> <version>' of a streamed run here ('' for an in-memory run)."""
+  if not config.data.get("stream", False):
+    return ""
+  from ssl_jax import decoders
+  return decoders.version(config.data.get("decoder", "pillow"))
+
+
 def write_run_info(workdir: str, config, num_train_examples: int) -> None:
-  """run_info.json: what `check_resumable` compares a later run's config against."""
+  """run_info.json: what `check_resumable` compares a later run's config against, and the
+  stream's decoder (a resume on a machine decoding otherwise says so)."""
   storage.write_json_atomic(storage.join(workdir, "run_info.json"), {
       "num_train_examples": num_train_examples, "embed_dim": int(config.model.embed_dim),
-      "data_shards": num_shards(config),
+      "data_shards": num_shards(config), "decoder": _decoder(config),
       "config": {f: list(v) if isinstance(v := _field(config, f), tuple) else v
                  for f in RESUME_FIELDS}})
 

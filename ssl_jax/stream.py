@@ -27,8 +27,6 @@ by Grain, is pinned to the CPU.
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
 import os
 import time
 from typing import Iterator
@@ -36,6 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from ssl_jax import data as data_lib
+from ssl_jax import decoders
 from ssl_jax import records as records_lib
 from ssl_jax import sources
 from ssl_jax.sources import DataError
@@ -58,43 +57,6 @@ def _grain():
   if not flags.FLAGS.is_parsed():  # a library caller: Grain reads its flags' defaults
     flags.FLAGS.mark_as_parsed()
   return grain
-
-
-def crop_box(rng: np.random.Generator, w: int, h: int, scale: tuple[float, float],
-             ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-  """(left, top, width, height) of a random area fraction in `scale` with aspect in `ratio`.
-
-  One draw, clipped to the image, as the device's `augment.random_resized_crop`.
-  """
-  area = w * h * rng.uniform(scale[0], scale[1])
-  aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-  cw = int(min(w, max(1, round(math.sqrt(area * aspect)))))
-  ch = int(min(h, max(1, round(math.sqrt(area / aspect)))))
-  return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
-
-
-def decode_crop(data: bytes, name: str, size: int, rng: np.random.Generator,
-                scale: tuple[float, float], ratio: tuple[float, float]) -> np.ndarray:
-  """Encoded image -> uint8 [size, size, 3]: a random resized crop of the upright image."""
-  from PIL import Image
-  try:
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    orientation = img.getexif().get(0x0112, 1)
-    if orientation in (5, 6, 7, 8):  # stored sideways: EXIF turns it
-      w, h = h, w
-    left, top, cw, ch = crop_box(rng, w, h, scale, ratio)
-    shrink = min(cw, ch) / size
-    if shrink >= 2 and img.format == "JPEG":
-      # Decode at 1/2, 1/4 or 1/8 scale where the crop still has `size` pixels a side.
-      img.draft("RGB", (math.ceil(img.size[0] / shrink), math.ceil(img.size[1] / shrink)))
-    if orientation != 1 or img.mode != "RGB":  # (each conversion copies the image)
-      img = sources.upright_rgb(img)
-    sx, sy = img.size[0] / w, img.size[1] / h
-    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8)
-  except Exception as e:  # Pillow raises many types on damaged files
-    raise DataError(f"cannot decode image {name}: {e}") from e
 
 
 @dataclasses.dataclass
@@ -127,26 +89,45 @@ class _Reader:
 @dataclasses.dataclass
 class _TrainPiece:
   """int64 [n, 2] (step, instance) rows -> {'image': uint8 [n, V, S, S, 3], 'index': int32 [n],
-  'bad': int32 [n], 'seconds': float32 [n]} (seconds: each example's decode time)."""
+  'bad': int32 [n], 'seconds': float32 [n]} (seconds: each example's decode time).
+
+  With decoder "simplejpeg" the images are the window canvases, uint8
+  [n, V, 2S, 2S, 3], and 'box' float32 [n, V, 4] places each view's window
+  (`decoders.decode_window`); a replaced record is a gray window of S x S.
+  """
   reader: _Reader
   seed: int
   views: int
   scale: tuple[float, float]
   ratio: tuple[float, float]
+  decoder: str = "pillow"
 
-  def example(self, step: int, index: int) -> tuple[np.ndarray, int, float]:
+  def example(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray, int, float]:
     t0 = time.perf_counter()
-    crops = lambda data, name: np.stack([decode_crop(
-        data, name, self.reader.size, np.random.default_rng([self.seed, step, index, view]),
-        self.scale, self.ratio) for view in range(self.views)])
-    image, bad = self.reader.load(index, crops, self.views)  # the record is read once
-    return image, bad, time.perf_counter() - t0
+    size, windows = self.reader.size, self.decoder == "simplejpeg"
+    decode = decoders.decode_window if windows else decoders.decode_crop
+    rng = lambda view: np.random.default_rng([self.seed, step, index, view])
+    views = lambda data, name: [decode(data, name, size, rng(v), self.scale, self.ratio)
+                                for v in range(self.views)]
+    out, bad = self.reader.load(index, views, self.views)  # the record is read once
+    if not windows:
+      image, box = (out if bad else np.stack(out)), np.zeros((self.views, 0), np.float32)
+    elif bad:
+      side = decoders.canvas_size(size, self.decoder)
+      image = np.full((self.views, side, side, 3), SUBSTITUTE_GRAY, np.uint8)
+      box = np.tile(np.asarray([0, 0, size, size], np.float32), (self.views, 1))
+    else:
+      image, box = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+    return image, box, bad, time.perf_counter() - t0
 
   def __call__(self, rows: np.ndarray) -> dict:
     out = [self.example(int(step), int(index)) for step, index in rows]
-    return {"image": np.stack([o[0] for o in out]), "index": rows[:, 1].astype(np.int32),
-            "bad": np.asarray([o[1] for o in out], np.int32),
-            "seconds": np.asarray([o[2] for o in out], np.float32)}
+    piece = {"image": np.stack([o[0] for o in out]), "index": rows[:, 1].astype(np.int32),
+             "bad": np.asarray([o[2] for o in out], np.int32),
+             "seconds": np.asarray([o[3] for o in out], np.float32)}
+    if self.decoder == "simplejpeg":
+      piece["box"] = np.stack([o[1] for o in out])
+    return piece
 
 
 @dataclasses.dataclass
@@ -323,14 +304,17 @@ class TrainStream:
   """The training batches of one epoch from `start_step` on, decoded by Grain's workers.
 
   Yields {'image': uint8 [D, b, S, S, 3] (views > 1: [D, b, V, S, S, 3]),
-  'index': int32 [D, b]} as `data.train_batches` does for in-memory splits.
+  'index': int32 [D, b]} as `data.train_batches` does for in-memory splits;
+  with decoder "simplejpeg", window canvases [D, b, (V,) 2S, 2S, 3] and their
+  'box' float32 [D, b, (V,) 4], which the step resizes (`augment.resize_windows`).
   `bad` counts this epoch's replaced records; `decode_seconds` sums the workers'
   decode time.
   """
 
   def __init__(self, split: data_lib.Split, *, global_batch: int, num_local_devices: int,
                seed: int, epoch: int, start_step: int, views: int,
-               scale: tuple[float, float], ratio: tuple[float, float]):
+               scale: tuple[float, float], ratio: tuple[float, float],
+               decoder: str = "pillow"):
     images = split.images
     if not isinstance(images, RecordImages):
       raise TypeError("TrainStream needs a split loaded by ssl_jax.stream.load_split.")
@@ -344,7 +328,8 @@ class TrainStream:
     step_of = np.repeat(np.arange(first, first + self.steps), self.local_batch)
     rows = np.stack([step_of, table.reshape(-1)], axis=1).astype(np.int64)
     self._pieces = [_pieces(batch) for batch in np.split(rows, self.steps)] if self.steps else []
-    self._fn = _TrainPiece(images.reader, int(seed), int(views), tuple(scale), tuple(ratio))
+    self._fn = _TrainPiece(images.reader, int(seed), int(views), tuple(scale), tuple(ratio),
+                           decoder)
     self._workers, self._images = images.workers, images
     self.bad, self.decode_seconds = 0, 0.0
 
@@ -356,8 +341,9 @@ class TrainStream:
       self.bad += int(out["bad"].sum())
       self._images.note_replaced(out["index"], out["bad"])
       self.decode_seconds += float(out["seconds"].sum())
-      image = out["image"]
-      if image.shape[1] == 1:
-        image = image[:, 0]
-      yield {"image": image.reshape((self.nd, -1) + image.shape[1:]),
-             "index": out["index"].reshape(self.nd, -1)}
+      batch = {"index": out["index"].reshape(self.nd, -1)}
+      for key in ("image", "box"):
+        if key in out:
+          x = out[key][:, 0] if out[key].shape[1] == 1 else out[key]
+          batch[key] = x.reshape((self.nd, -1) + x.shape[1:])
+      yield batch

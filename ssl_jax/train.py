@@ -139,7 +139,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float, nd: int, is_main: 
     raise ConfigError(f"config.batch_size ({global_batch}) is larger than the training set "
                       f"({train.num_examples} images after config.data.fraction="
                       f"{config.data.fraction}, in {shards} shard(s)).")
-  run_files.check_resumable(workdir, config, train.num_examples)
+  run_files.check_resumable(workdir, config, train.num_examples, log)
   given = config  # config.json keeps what was asked; a FLOP budget plans num_epochs
   config, note = shard_large_bank(config, train.num_examples, jax.device_count())
   if note:

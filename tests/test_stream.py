@@ -17,7 +17,7 @@ import pytest
 
 from configs import default
 from ssl_jax import data as data_lib
-from ssl_jax import stream
+from ssl_jax import decoders, stream
 from ssl_jax.sources import DataError
 from tests.helpers import cifar10_folder, needs_cifar10
 
@@ -86,7 +86,7 @@ def test_a_crop_depends_on_seed_step_instance_and_view_only(folder):
   data = split.images.reader.records.read(int(split.images.reader.positions[index]))
   for view in (0, 1):
     rng = np.random.default_rng([3, spe, index, view])
-    crop = stream.decode_crop(data, "x", 32, rng, (0.2, 1.0), (3 / 4, 4 / 3))
+    crop = decoders.decode_crop(data, "x", 32, rng, (0.2, 1.0), (3 / 4, 4 / 3))
     np.testing.assert_array_equal(images[4, view], crop)
   other, _ = _epoch(split, views=2, seed=4)
   assert np.abs(other[0]["image"].astype(int) - first["image"]).max() > 0
@@ -95,7 +95,7 @@ def test_a_crop_depends_on_seed_step_instance_and_view_only(folder):
 def test_crop_boxes_lie_in_the_configured_scale_and_ratio():
   rng = np.random.default_rng(0)
   for _ in range(500):
-    left, top, w, h = stream.crop_box(rng, 500, 375, (0.2, 1.0), (3 / 4, 4 / 3))
+    left, top, w, h = decoders.crop_box(rng, 500, 375, (0.2, 1.0), (3 / 4, 4 / 3))
     assert 0 <= left and left + w <= 500 and 0 <= top and top + h <= 375
     if w < 500 and h < 375:  # not clipped by the image
       assert 0.2 * 500 * 375 * 0.97 <= w * h <= 500 * 375 * 1.03
@@ -145,12 +145,17 @@ def test_a_damaged_record_stops_the_run_or_is_replaced_and_counted(tmp_path, fol
                             fraction=1.0, seed=0)
   images = split.images[np.arange(6)]
   assert (images[2] == stream.SUBSTITUTE_GRAY).all() and split.images.bad == 1
-  batches = stream.TrainStream(split, global_batch=6, num_local_devices=1, seed=0, epoch=0,
-                               start_step=0, views=1, scale=(0.2, 1.0), ratio=(0.75, 4 / 3))
-  (batch,) = list(batches)
-  assert batches.bad == 1
-  row = list(batch["index"][0]).index(2)
-  assert (batch["image"][0, row] == stream.SUBSTITUTE_GRAY).all()
+  for decoder in decoders.DECODERS:
+    batches = stream.TrainStream(split, global_batch=6, num_local_devices=1, seed=0, epoch=0,
+                                 start_step=0, views=1, scale=(0.2, 1.0), ratio=(0.75, 4 / 3),
+                                 decoder=decoder)
+    (batch,) = list(batches)
+    assert batches.bad == 1
+    row = list(batch["index"][0]).index(2)
+    assert (batch["image"][0, row] == stream.SUBSTITUTE_GRAY).all()
+    if decoder == "simplejpeg":   # a gray canvas whose window is the whole view
+      assert batch["image"].shape[2] == 64
+      np.testing.assert_array_equal(batch["box"][0, row], [0, 0, 32, 32])
 
 
 def test_one_line_errors_before_anything_compiles(tmp_path, folder):
@@ -184,8 +189,11 @@ def test_a_streaming_run_trains_resumes_and_reports_its_input(tmp_path, folder):
   assert "passes over the training data before step 1: 1\n" in out
   assert "untrained network: kNN top-1" in out and "% (bank)" in out
   assert "epoch 1: kNN top-1" not in out  # the last epoch's kNN is the final evaluation's
-  out = _cli("ssl_jax.main", *common, "--config.num_epochs=3")
+  # Resumed with the window decoder (the device resizes): both decoders train, and
+  # the resume says its pixels change.
+  out = _cli("ssl_jax.main", *common, "--config.num_epochs=3", "--config.data.decoder=simplejpeg")
   assert "resuming from checkpoint at step 3 (epoch 1)" in out
+  assert "last decoded its stream with pillow" in out and "with simplejpeg" in out
   assert "epoch 2: kNN top-1" in out and "(bank)" in out
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["input_pipeline"] == "stream" and summary["corrupt_records"] == 0
@@ -242,16 +250,18 @@ def test_one_process_with_two_shards_streams_what_two_processes_do(folder):
 
 
 @pytest.mark.extended
-def test_a_streamed_run_learns(tmp_path):
-  """The learning tests' recipe, streamed from a folder of 2,500 + 1,000 CIFAR-10 JPEGs:
-  kNN beats the untrained network by the in-memory run's margin (`-m extended`)."""
+@pytest.mark.parametrize("decoder", decoders.DECODERS)
+def test_a_streamed_run_learns(tmp_path, decoder):
+  """The learning tests' recipe, streamed from a folder of 2,500 + 1,000 CIFAR-10 JPEGs
+  with each decoder: kNN beats the untrained network by the in-memory run's margin
+  (`-m extended`)."""
   from tests.helpers import LEARNING_MARGINS, learning_command
   from tests.test_end_to_end import _cli
   root = cifar10_folder(tmp_path / "cifar", train_per_class=250, test_per_class=100)
   workdir = str(tmp_path / "run")
   _cli("ssl_jax.main", *learning_command("ours", workdir), f"--config.data.source=folder:{root}",
        "--config.data.stream=True", "--config.data.workers=2", "--config.data.fraction=1",
-       "--config.data.test_fraction=1")
+       "--config.data.test_fraction=1", f"--config.data.decoder={decoder}")
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["input_pipeline"] == "stream" and summary["num_train_examples"] == 2500
   assert summary["knn_top1"] > summary["knn_top1_init"] + LEARNING_MARGINS["ours"], summary

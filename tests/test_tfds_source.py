@@ -214,7 +214,7 @@ class ShapesJpegs(TinyJpegs):
 @pytest.mark.slow
 def test_a_streamed_array_record_run_killed_mid_run_ends_as_an_uninterrupted_one(tmp_path):
   """The issue's end-to-end check: a dataset the project has never seen, in ArrayRecord,
-  varied image sizes, streamed with 2 workers; SIGKILL after a mid-epoch checkpoint and
+  varied image sizes, streamed with 2 workers and the window decoder; SIGKILL after a mid-epoch checkpoint and
   a rerun end with the summary and final state of an uninterrupted run (`-m slow`)."""
   import json, os, pathlib, signal, subprocess, sys, time
   import orbax.checkpoint as ocp
@@ -227,6 +227,7 @@ def test_a_streamed_array_record_run_killed_mid_run_ends_as_an_uninterrupted_one
             "--workdir", str(workdir), "--config.data.source=tfds:shapes_jpegs",
             f"--config.data.tfds_data_dir={tmp_path / 'tfds'}", "--config.data.stream=True",
             "--config.data.workers=2", "--config.data.fraction=1", "--config.data.test_fraction=1",
+            "--config.data.decoder=simplejpeg",  # the window decoder: the device resizes
             "--config.model.name=resnet10", "--config.model.width=0.125", "--config.batch_size=32",
             "--config.bank.lr=1.6", "--config.num_epochs=3", "--config.eval.every_epochs=1",
             "--config.eval.linear_epochs=2", "--config.checkpoint_every_steps=5",
