@@ -77,7 +77,7 @@ def get_config(method: str = "ours") -> ml_collections.ConfigDict:
   config.data.workers = 0            # Grain worker processes (0: threads of this process; -1: one per core)
   # How the host makes a streamed view (ssl_jax/decoders.py): "pillow" decodes and
   # resizes the crop; "simplejpeg" decodes (libjpeg-turbo) and sends the crop's window,
-  # which the device resizes: 2.5x the images per core at 224 px, 4x the bytes sent.
+  # which the device resizes: 2x the images per core at 224 px, 4x the bytes sent.
   config.data.decoder = "pillow"
   config.data.prefetch = 2           # batches sent to the devices ahead of the step (>= 1)
 

@@ -37,7 +37,7 @@ CANVAS = 2  # the window canvas's side, in output sides (decoder "simplejpeg")
 
 def canvas_size(size: int, decoder: str) -> int:
   """Side of the images the host sends for output side `size`."""
-  return CANVAS * size if decoder == "simplejpeg" else size
+  return int(CANVAS * size) if decoder == "simplejpeg" else size
 
 
 def version(decoder: str) -> str:
@@ -112,25 +112,27 @@ def _margin(extent: float, size: int) -> int:
 
 
 def decode_window(data: bytes, name: str, size: int, rng: np.random.Generator,
-                  scale: tuple[float, float], ratio: tuple[float, float]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  scale: tuple[float, float], ratio: tuple[float, float],
+                  out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Encoded image -> (uint8 [2S, 2S, 3] canvas, float32 [4] window (top, left, height,
   width) in canvas pixels) for `augment.resize_windows`; the box is `crop_box`'s.
 
-  The canvas holds the window with a margin of the image around it (what the
-  device's resampling kernel reads beyond the window's edges), the rest of
-  each row and column repeating its last pixel, so nothing outside the image
-  darkens the view's edges.
+  The canvas (`out`, zeros, when given: written in place) holds the window at
+  its corner with a margin of the image around it, what the device's
+  resampling kernel reads beyond the window's edges; where the image ends
+  first, its last row and column repeat over that margin, so nothing outside
+  the image darkens the view's edges. The kernel reads nothing further.
   """
   import simplejpeg
-  canvas_side = CANVAS * size
+  canvas_side = canvas_size(size, "simplejpeg")
+  canvas = np.zeros((canvas_side, canvas_side, 3), np.uint8) if out is None else out
   try:
     h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     usable = colorspace in ("YCbCr", "Gray") and _upright(data)
   except Exception:  # not a JPEG simplejpeg reads: the Pillow path decides
     usable = False
   if not usable:
-    return _host_resized(data, name, size, rng, scale, ratio)
+    return _host_resized(canvas, data, name, size, rng, scale, ratio)
   left, top, cw, ch = crop_box(rng, w, h, scale, ratio)
   extent = max(cw, ch)
   # The largest DCT scale M/8 at which the window, its margins and a pixel of
@@ -138,24 +140,30 @@ def decode_window(data: bytes, name: str, size: int, rng: np.random.Generator,
   m = next((m for m in range(8, 0, -1)
             if _fits(extent * m / 8, _margin(extent * m / 8, size), canvas_side)), 0)
   if m == 0:  # a window of over 15 canvas sides: rare enough for the host to resize
-    return _host_resized(data, name, size, rng, scale, ratio, box=(left, top, cw, ch))
+    return _host_resized(canvas, data, name, size, rng, scale, ratio, (left, top, cw, ch))
   try:
     img = (simplejpeg.decode_jpeg(data, colorspace="RGB") if m == 8 else
            simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=math.ceil(h * m / 8),
                                   min_width=math.ceil(w * m / 8)))
   except ValueError:  # damaged: Pillow names it as it does for the pillow decoder
-    return _host_resized(data, name, size, rng, scale, ratio, box=(left, top, cw, ch))
+    return _host_resized(canvas, data, name, size, rng, scale, ratio, (left, top, cw, ch))
   s = m / 8   # libjpeg scales each 8x8 block to m x m: coordinates scale by m / 8 exactly
   y0, x0, wh, ww = top * s, left * s, ch * s, cw * s
   pad = _margin(max(wh, ww), size)
   r0, c0 = max(0, math.floor(y0) - pad), max(0, math.floor(x0) - pad)
   r1 = min(img.shape[0], math.ceil(y0 + wh) + pad)
   c1 = min(img.shape[1], math.ceil(x0 + ww) + pad)
-  canvas = np.empty((canvas_side, canvas_side, 3), np.uint8)
-  canvas[:r1 - r0, :c1 - c0] = img[r0:r1, c0:c1]
-  canvas[:r1 - r0, c1 - c0:] = canvas[:r1 - r0, c1 - c0 - 1:c1 - c0]
-  canvas[r1 - r0:] = canvas[r1 - r0 - 1]
+  _place(canvas, img[r0:r1, c0:c1], pad)
   return canvas, np.asarray([y0 - r0, x0 - c0, wh, ww], np.float32)
+
+
+def _place(canvas: np.ndarray, region: np.ndarray, pad: int) -> None:
+  """Copies region [h, w, 3] to the canvas's corner, its last column and row repeated
+  `pad` pixels on (within the canvas)."""
+  h, w = region.shape[:2]
+  canvas[:h, :w] = region
+  canvas[:h, w:w + pad] = region[:, -1:]
+  canvas[h:h + pad, :w + pad] = canvas[h - 1:h, :w + pad]
 
 
 def _upright(data: bytes) -> bool:
@@ -166,13 +174,11 @@ def _upright(data: bytes) -> bool:
   return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1) == 1
 
 
-def _host_resized(data: bytes, name: str, size: int, rng: np.random.Generator,
-                  scale, ratio, box=None) -> tuple[np.ndarray, np.ndarray]:
-  """`decode_crop`'s view (`box`: the crop box, if drawn already) on a canvas, as a
+def _host_resized(canvas: np.ndarray, data: bytes, name: str, size: int,
+                  rng: np.random.Generator, scale, ratio, box=None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """`decode_crop`'s view (`box`: the crop box, if drawn already) on the canvas, as a
   window of size x size at its corner."""
-  view = decode_crop(data, name, size, rng, scale, ratio, box=box)
-  canvas = np.empty((CANVAS * size, CANVAS * size, 3), np.uint8)
-  canvas[:size, :size] = view
-  canvas[:size, size:] = view[:, -1:]
-  canvas[size:] = canvas[size - 1]
+  _place(canvas, decode_crop(data, name, size, rng, scale, ratio, box=box),
+         _margin(size, size))
   return canvas, np.asarray([0, 0, size, size], np.float32)

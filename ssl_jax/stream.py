@@ -102,30 +102,41 @@ class _TrainPiece:
   ratio: tuple[float, float]
   decoder: str = "pillow"
 
-  def example(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray, int, float]:
+  def example(self, step: int, index: int, canvas: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """One example's views: host crops [V, S, S, 3], or (decoder "simplejpeg") windows
+    written into `canvas` (zeros [V, 2S, 2S, 3]) and their boxes [V, 4]."""
     t0 = time.perf_counter()
     size, windows = self.reader.size, self.decoder == "simplejpeg"
-    decode = decoders.decode_window if windows else decoders.decode_crop
     rng = lambda view: np.random.default_rng([self.seed, step, index, view])
-    views = lambda data, name: [decode(data, name, size, rng(v), self.scale, self.ratio)
-                                for v in range(self.views)]
+    if windows:
+      views = lambda data, name: np.stack([decoders.decode_window(
+          data, name, size, rng(v), self.scale, self.ratio, out=canvas[v])[1]
+          for v in range(self.views)])
+    else:
+      views = lambda data, name: np.stack([decoders.decode_crop(
+          data, name, size, rng(v), self.scale, self.ratio) for v in range(self.views)])
     out, bad = self.reader.load(index, views, self.views)  # the record is read once
     if not windows:
-      image, box = (out if bad else np.stack(out)), np.zeros((self.views, 0), np.float32)
-    elif bad:
-      side = decoders.canvas_size(size, self.decoder)
-      image = np.full((self.views, side, side, 3), SUBSTITUTE_GRAY, np.uint8)
-      box = np.tile(np.asarray([0, 0, size, size], np.float32), (self.views, 1))
-    else:
-      image, box = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
-    return image, box, bad, time.perf_counter() - t0
+      return out, np.zeros((self.views, 0), np.float32), bad, time.perf_counter() - t0
+    if bad:  # a gray window of S x S
+      canvas[:] = SUBSTITUTE_GRAY
+      out = np.tile(np.asarray([0, 0, size, size], np.float32), (self.views, 1))
+    return canvas, out, bad, time.perf_counter() - t0
 
   def __call__(self, rows: np.ndarray) -> dict:
-    out = [self.example(int(step), int(index)) for step, index in rows]
-    piece = {"image": np.stack([o[0] for o in out]), "index": rows[:, 1].astype(np.int32),
+    windows = self.decoder == "simplejpeg"
+    side = decoders.canvas_size(self.reader.size, self.decoder)
+    # Windows are written in place: one zeroed buffer for the piece, no stacking copy.
+    canvases = (np.zeros((len(rows), self.views, side, side, 3), np.uint8) if windows
+                else [None] * len(rows))
+    out = [self.example(int(step), int(index), canvas)
+           for (step, index), canvas in zip(rows, canvases)]
+    piece = {"image": canvases if windows else np.stack([o[0] for o in out]),
+             "index": rows[:, 1].astype(np.int32),
              "bad": np.asarray([o[2] for o in out], np.int32),
              "seconds": np.asarray([o[3] for o in out], np.float32)}
-    if self.decoder == "simplejpeg":
+    if windows:
       piece["box"] = np.stack([o[1] for o in out])
     return piece
 

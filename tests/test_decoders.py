@@ -21,9 +21,9 @@ from tests.helpers import cifar10_folder, needs_cifar10
 
 pytest.importorskip("simplejpeg")
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-# Mean absolute difference (0-255 levels) from the pillow decoder's view, over the
-# images of `_photos`: measured 0.20 at 224 px and 1.54 at 64 px (benchmarks/README.md),
-# where Pillow's draft mode decodes many windows at a DCT scale the window decoder
+# Mean absolute difference (0-255 levels) from the pillow decoder's view: the benchmark
+# measured 0.19 at 224 px and 1.53 at 64 px over its 200 images (benchmarks/README.md);
+# at 64 px Pillow's draft mode decodes many crops at a DCT scale the window decoder
 # does not use.
 BOUND = {224: 0.5, 64: 2.5}
 
