@@ -113,9 +113,12 @@ def _margin(extent: float, size: int) -> int:
 
 def decode_window(data: bytes, name: str, size: int, rng: np.random.Generator,
                   scale: tuple[float, float], ratio: tuple[float, float],
-                  out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                  out: Optional[np.ndarray] = None, decoded: Optional[dict] = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """Encoded image -> (uint8 [2S, 2S, 3] canvas, float32 [4] window (top, left, height,
   width) in canvas pixels) for `augment.resize_windows`; the box is `crop_box`'s.
+  `decoded`, a dict kept across the views of one image, holds its decodes by DCT
+  scale, so two views decode the JPEG once.
 
   The canvas (`out`, zeros, when given: written in place) holds the window at
   its corner with a margin of the image around it, what the device's
@@ -141,10 +144,14 @@ def decode_window(data: bytes, name: str, size: int, rng: np.random.Generator,
             if _fits(extent * m / 8, _margin(extent * m / 8, size), canvas_side)), 0)
   if m == 0:  # a window of over 15 canvas sides: rare enough for the host to resize
     return _host_resized(canvas, data, name, size, rng, scale, ratio, (left, top, cw, ch))
+  decoded = {} if decoded is None else decoded
   try:
-    img = (simplejpeg.decode_jpeg(data, colorspace="RGB") if m == 8 else
-           simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=math.ceil(h * m / 8),
-                                  min_width=math.ceil(w * m / 8)))
+    if m not in decoded:
+      decoded[m] = (simplejpeg.decode_jpeg(data, colorspace="RGB") if m == 8 else
+                    simplejpeg.decode_jpeg(data, colorspace="RGB",
+                                           min_height=math.ceil(h * m / 8),
+                                           min_width=math.ceil(w * m / 8)))
+    img = decoded[m]
   except ValueError:  # damaged: Pillow names it as it does for the pillow decoder
     return _host_resized(canvas, data, name, size, rng, scale, ratio, (left, top, cw, ch))
   s = m / 8   # libjpeg scales each 8x8 block to m x m: coordinates scale by m / 8 exactly

@@ -110,8 +110,9 @@ class _TrainPiece:
     size, windows = self.reader.size, self.decoder == "simplejpeg"
     rng = lambda view: np.random.default_rng([self.seed, step, index, view])
     if windows:
+      decoded: dict = {}  # the image decoded once for all its views
       views = lambda data, name: np.stack([decoders.decode_window(
-          data, name, size, rng(v), self.scale, self.ratio, out=canvas[v])[1]
+          data, name, size, rng(v), self.scale, self.ratio, out=canvas[v], decoded=decoded)[1]
           for v in range(self.views)])
     else:
       views = lambda data, name: np.stack([decoders.decode_crop(

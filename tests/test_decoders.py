@@ -70,6 +70,15 @@ def test_the_window_is_the_crop_box_and_the_view_is_pillows_within_the_bound(siz
     # Only a window too large for the canvas is decoded reduced.
     assert (s < 1) == (max(cw, ch) + 2 * decoders._margin(max(cw, ch), size) + 2 > 2 * size)
   assert reduced > 0 if size == 64 else True
+  # Two views of one image share its decode, and come out as decoded apart.
+  decoded: dict = {}
+  for view in (0, 1):
+    key = lambda: np.random.default_rng([0, 1, 5, view])
+    shared = decoders.decode_window(datas[5], "x", size, key(), SCALE, RATIO, decoded=decoded)
+    alone = decoders.decode_window(datas[5], "x", size, key(), SCALE, RATIO)
+    for a, b in zip(shared, alone):
+      np.testing.assert_array_equal(a, b)
+  assert 1 <= len(decoded) <= 2
   diff = np.abs(pillow.astype(int) - device).mean()
   assert diff < BOUND[size], diff
   assert np.abs(pillow.astype(int) - device).mean(axis=(1, 2, 3)).max() < 3 * BOUND[size]
