@@ -56,10 +56,16 @@ def random_resized_crop(key: jax.Array, image: jax.Array, out_size: int,
   ch = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
   y0 = jax.random.uniform(k_y, ()) * (h - ch)
   x0 = jax.random.uniform(k_x, ()) * (w - cw)
-  sy, sx = out_size / ch, out_size / cw
+  return _resize_window(image, y0, x0, ch, cw, out_size)
+
+
+def _resize_window(image: jax.Array, top, left, height, width, out_size: int) -> jax.Array:
+  """The window (top, left, height, width) of image [H, W, C] -> float [S, S, C], bilinear
+  with antialiasing (Pillow's resize of a box)."""
+  sy, sx = out_size / height, out_size / width
   return jax.image.scale_and_translate(
       image, (out_size, out_size, image.shape[2]), (0, 1),
-      jnp.stack([sy, sx]), jnp.stack([-y0 * sy, -x0 * sx]), method="linear", antialias=True)
+      jnp.stack([sy, sx]), jnp.stack([-top * sy, -left * sx]), method="linear", antialias=True)
 
 
 def resize_windows(canvases: jax.Array, windows: jax.Array, out_size: int) -> jax.Array:
@@ -74,12 +80,7 @@ def resize_windows(canvases: jax.Array, windows: jax.Array, out_size: int) -> ja
   flat = canvases.reshape((-1,) + canvases.shape[-3:]).astype(jnp.float32)
   boxes = windows.reshape(-1, 4).astype(jnp.float32)
 
-  def one(image, box):
-    sy, sx = out_size / box[2], out_size / box[3]
-    return jax.image.scale_and_translate(
-        image, (out_size, out_size, 3), (0, 1), jnp.stack([sy, sx]),
-        jnp.stack([-box[0] * sy, -box[1] * sx]), method="linear", antialias=True)
-  out = jax.vmap(one)(flat, boxes)
+  out = jax.vmap(lambda image, b: _resize_window(image, *b, out_size))(flat, boxes)
   out = jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
   return out.reshape(lead + (out_size, out_size, 3))
 

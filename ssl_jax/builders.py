@@ -71,9 +71,9 @@ def make_train_step(config, model, tx, total_steps: int, num_examples: int = 0,
 
   def step_fn(state, batch):
     if "box" in batch:  # the streamed windows of decoder "simplejpeg": resized here
+      batch = dict(batch)
       with jax.named_scope("resize_windows"):
-        batch = {**batch, "image": augment.resize_windows(batch["image"], batch["box"], size)}
-      batch.pop("box")
+        batch["image"] = augment.resize_windows(batch["image"], batch.pop("box"), size)
     return step(state, batch)
   return step_fn
 

@@ -104,8 +104,8 @@ def abstract_stream_batch(config, local_devices: int, global_devices: int) -> di
   int32 index [D, b] (ssl_jax.stream); with decoder "simplejpeg", window canvases of
   2S a side and their float32 'box' [D, b, (V,) 4], which the step resizes."""
   b = int(config.batch_size) // global_devices
-  lead = (local_devices, b) + ((views,) if (views := methods.get(config.method).num_views) > 1
-                               else ())
+  views = methods.get(config.method).num_views
+  lead = (local_devices, b) + ((views,) if views > 1 else ())
   decoder = config.data.get("decoder", "pillow")
   c = decoders.canvas_size(int(config.data.image_size), decoder)
   batch = {"image": jax.ShapeDtypeStruct(lead + (c, c, 3), np.uint8),
