@@ -50,6 +50,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import peer_ops
+
 SIDES = ("jax_simclr", "torch_simclr", "jax_ours", "jax_plain", "torch_plain")
 BATCH, SIZE, N_BANK = 128, 32, 50_000
 
@@ -152,97 +154,12 @@ def _torch_step(side: str, threads: int):
   return step
 
 
-# ------------------------------------------------------------------- where time goes
-PARTS = ("conv3x3_forward", "conv3x3_input_gradient", "conv3x3_weight_gradient",
-         "batchnorm_forward_backward", "backbone_forward", "backbone_forward_backward",
-         "sgd_update")
-
-
-def _jax_parts() -> dict:
-  """{part: () -> None} timing pieces of the jax_plain step, each jitted alone."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-  from flax import linen as nn
-  from ssl_jax import models
-
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((2 * BATCH, SIZE, SIZE, 64), dtype=np.float32))
-  conv = nn.Conv(64, (3, 3), padding=1, use_bias=False)
-  cv = conv.init(jax.random.PRNGKey(0), x[:1])
-  bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
-  bv = bn.init(jax.random.PRNGKey(0), x[:1])
-  backbone = models.create_encoder("resnet18", stem="cifar", width=1.0).backbone
-  images = jnp.asarray(rng.random((2 * BATCH, SIZE, SIZE, 3), dtype=np.float32))
-  v = backbone.init(jax.random.PRNGKey(0), images[:2], train=True)
-
-  def fwd(p):
-    h, _ = backbone.apply({"params": p, "batch_stats": v["batch_stats"]}, images, train=True,
-                          mutable=["batch_stats"])
-    return jnp.sum(h)
-  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
-  opt = tx.init(v["params"])
-  sgd = jax.jit(lambda p, o, g: optax.apply_updates(p, tx.update(g, o, p)[0]))
-  fns = {
-      "conv3x3_forward": (jax.jit(lambda p: conv.apply(p, x)), (cv,)),
-      "conv3x3_input_gradient": (jax.jit(jax.grad(lambda x: jnp.sum(conv.apply(cv, x) ** 2))),
-                                 (x,)),
-      "conv3x3_weight_gradient": (jax.jit(jax.grad(lambda p: jnp.sum(conv.apply(p, x) ** 2))),
-                                  (cv,)),
-      "batchnorm_forward_backward": (jax.jit(jax.grad(
-          lambda x: jnp.sum(bn.apply(bv, x, mutable=["batch_stats"])[0] ** 2))), (x,)),
-      "backbone_forward": (jax.jit(fwd), (v["params"],)),
-      "backbone_forward_backward": (jax.jit(jax.grad(fwd)), (v["params"],)),
-      "sgd_update": (sgd, (v["params"], opt, v["params"])),
-  }
-  return {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in fns.items()}
-
-
-def _torch_parts(threads: int) -> dict:
-  import torch
-  import torchvision
-
-  torch.manual_seed(0)
-  torch.set_num_threads(threads)
-  x = torch.rand(2 * BATCH, 64, SIZE, SIZE)
-  x_grad = x.clone().requires_grad_(True)
-  conv = torch.nn.Conv2d(64, 64, 3, 1, 1, bias=False)
-  conv_fixed = torch.nn.Conv2d(64, 64, 3, 1, 1, bias=False).requires_grad_(False)
-  bn = torch.nn.BatchNorm2d(64)
-  resnet = torchvision.models.resnet18()
-  resnet.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-  resnet.maxpool, resnet.fc = torch.nn.Identity(), torch.nn.Identity()
-  images = torch.rand(2 * BATCH, 3, SIZE, SIZE)
-  opt = torch.optim.SGD(resnet.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-  for p in resnet.parameters():
-    p.grad = torch.zeros_like(p)
-
-  def no_grad(f):
-    def run():
-      with torch.no_grad():
-        f()
-    return run
-
-  def backward(f):
-    def run():
-      f().pow(2).sum().backward()
-    return run
-  return {
-      "conv3x3_forward": no_grad(lambda: conv(x)),
-      "conv3x3_input_gradient": backward(lambda: conv_fixed(x_grad)),
-      "conv3x3_weight_gradient": backward(lambda: conv(x)),
-      "batchnorm_forward_backward": backward(lambda: bn(x_grad)),
-      "backbone_forward": no_grad(lambda: resnet(images)),
-      "backbone_forward_backward": lambda: resnet(images).sum().backward(),
-      "sgd_update": opt.step,
-  }
-
-
 def worker(side: str, threads: int) -> None:
   """Builds `side`'s step, warms it up, then answers 'run STEPS' lines with one JSON line."""
-  if side.endswith("_parts"):
-    parts = _jax_parts() if side == "jax_parts" else _torch_parts(threads)
+  if side.endswith(("_parts", "_ops")):
+    parts = {"jax_parts": peer_ops.jax_parts, "jax_ops": peer_ops.jax_ops}[side]() \
+        if side.startswith("jax") else \
+        {"torch_parts": peer_ops.torch_parts, "torch_ops": peer_ops.torch_ops}[side](threads)
     for f in parts.values():
       f()
     print("READY", flush=True)
@@ -395,11 +312,12 @@ def main(argv=None) -> None:
   print(markdown(results))
 
 
-def time_parts(threads: int, cpus: set[int], rounds: int, reps: int,
-               xla_flags: str = "") -> dict:
-  """Milliseconds of each of PARTS on both sides (median of alternating rounds), and
-  jax's speed relative to torch's per part (torch ms / jax ms)."""
-  procs = {s: _start(s, threads, cpus, xla_flags) for s in ("jax_parts", "torch_parts")}
+def time_parts(threads: int, cpus: set[int], rounds: int, reps: int, xla_flags: str = "",
+               sides: tuple = ("jax_parts", "torch_parts"),
+               names: tuple = peer_ops.PARTS) -> dict:
+  """Milliseconds of each part in `names` on both `sides` (jax first; median of alternating
+  rounds), and jax's speed relative to torch's per part (torch ms / jax ms)."""
+  procs = {s: _start(s, threads, cpus, xla_flags) for s in sides}
   for s, p in procs.items():
     if p.stdout.readline().strip() != "READY":
       raise SystemExit(f"benchmarks.peer: the {s} worker failed (run it with --worker {s})")
@@ -413,9 +331,9 @@ def time_parts(threads: int, cpus: set[int], rounds: int, reps: int,
     p.stdin.close()
     p.wait()
   out = {}
-  for part in PARTS:
-    j = statistics.median(r[part] for r in measured["jax_parts"])
-    t = statistics.median(r[part] for r in measured["torch_parts"])
+  for part in names:
+    j = statistics.median(r[part] for r in measured[sides[0]])
+    t = statistics.median(r[part] for r in measured[sides[1]])
     out[part] = {"jax_ms": j, "torch_ms": t, "ratio_jax_to_torch": t / j}
   return out
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import config as bench_config
@@ -207,18 +208,53 @@ def test_the_peer_benchmark_skips_in_one_line_without_torch(monkeypatch, capsys,
 
 
 def test_the_peer_tables_list_every_side_ratio_and_part():
-  from benchmarks import peer
+  from benchmarks import peer, peer_ops
   row = {"images_per_second": 10.0, "images_per_cpu_second": 6.0, "step_ms": 12800.0,
          "peak_rss_bytes": 3 * 2**30, "threads": "torch 2 intra-op threads"}
   results = {"command": "python -m benchmarks.peer", "environment": "here",
              "rows": {s: row for s in peer.SIDES},
              "ratio_simclr_jax_to_torch": 0.5, "ratio_simclr_jax_to_torch_rounds": [0.4, 0.5, 0.6],
              "parts": {p: {"jax_ms": 2.0, "torch_ms": 1.0, "ratio_jax_to_torch": 0.5}
-                       for p in peer.PARTS}}
+                       for p in peer_ops.PARTS}}
   md = peer.markdown(results)
   for side in peer.SIDES:
     assert f"| {side} | 10.0 | 6.0 | 12800 | 3.00 | torch 2 intra-op threads |" in md
   assert "| ratio_simclr_jax_to_torch | 0.50 | 0.40, 0.50, 0.60 |" in md
   assert "ratio_ours_to_torch_simclr" not in md          # not measured: no row
-  for part in peer.PARTS:
+  for part in peer_ops.PARTS:
     assert f"| {part} | 2.0 | 1.0 | 0.50 |" in md
+
+
+def test_the_reformulated_weight_gradients_are_the_convolutions():
+  """The `conv3x3_weight_gradient_as_matmuls` and `_nchw` parts time candidate
+  reformulations: each must compute the kernel gradient jax.grad gives the convolution."""
+  from benchmarks import peer_ops
+  parts = peer_ops.jax_parts()
+  reference = parts["conv3x3_weight_gradient"]()["params"]["kernel"]
+  nchw = parts["conv3x3_weight_gradient_nchw"]().transpose(2, 3, 1, 0)   # OIHW -> HWIO
+  for ours in (parts["conv3x3_weight_gradient_as_matmuls"](), nchw):
+    assert ours.shape == reference.shape == (3, 3, 64, 64)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(reference).max()))
+
+
+def test_the_op_by_op_table_scales_by_count_and_adds_up(monkeypatch, capsys, tmp_path):
+  """`benchmarks/peer_ops.py`: each op's time is one call's times the shape's count, the
+  totals add the ops up per kind, and without torch it skips in one line."""
+  from benchmarks import peer, peer_ops
+  parts = {op: {"jax_ms": 2.0, "torch_ms": 1.0} for op in peer_ops._names()}
+  parts["3x3 64->64 @32 | weight_gradient"] = {"jax_ms": 8.0, "torch_ms": 2.0}
+  r = peer_ops.table(parts)
+  assert r["ops"]["3x3 64->64 @32 | weight_gradient"] == {
+      "count": 4, "jax_ms": 32.0, "torch_ms": 8.0, "ratio_jax_to_torch": 0.25}
+  assert sum(c for *_, c in peer_ops.CONVS) == 20          # ResNet-18's convolutions
+  weight = r["totals"]["weight_gradient"]
+  assert weight["jax_ms"] == 2.0 * 16 + 32.0 and weight["torch_ms"] == 16 + 8.0
+  assert r["totals"]["all"]["jax_ms"] == 2 * 2.0 * 20 + weight["jax_ms"]
+  md = peer_ops.markdown({"command": "c", "environment": "e", **r})
+  assert "| 3x3 64->64 @32 | weight_gradient | 4 | 32.0 | 8.0 | 0.25 |" in md
+  monkeypatch.setattr(peer, "missing_peer", lambda: ["torch"])
+  peer_ops.main(["--out", str(tmp_path / "ops")])
+  assert capsys.readouterr().out == (
+      'benchmarks.peer_ops: skipped: torch not installed (pip install ".[peer]")\n')
+  assert not list(tmp_path.iterdir())
