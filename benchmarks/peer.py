@@ -156,10 +156,11 @@ def _torch_step(side: str, threads: int):
 
 def worker(side: str, threads: int) -> None:
   """Builds `side`'s step, warms it up, then answers 'run STEPS' lines with one JSON line."""
-  if side.endswith(("_parts", "_ops")):
-    parts = {"jax_parts": peer_ops.jax_parts, "jax_ops": peer_ops.jax_ops}[side]() \
-        if side.startswith("jax") else \
-        {"torch_parts": peer_ops.torch_parts, "torch_ops": peer_ops.torch_ops}[side](threads)
+  builders = {"jax_parts": peer_ops.jax_parts, "jax_ops": peer_ops.jax_ops,
+              "torch_parts": lambda: peer_ops.torch_parts(threads),
+              "torch_ops": lambda: peer_ops.torch_ops(threads)}
+  if side in builders:
+    parts = builders[side]()
     for f in parts.values():
       f()
     print("READY", flush=True)
