@@ -97,3 +97,8 @@ def test_the_supervised_method_refuses_labels_its_classifier_cannot_output():
     _, tx = builders.build_optimizer(config, 1)
     with pytest.raises(ValueError, match=match):
       builders.make_train_step(config, model, tx, 1, 12, labels=labels)
+  # No label table at all: refused, not a step whose every label is out of range
+  # (jnp.take fills those with INT_MIN, and the loss became NaN without a word).
+  with pytest.raises(ValueError, match=r"needs the training split's labels"):
+    builders.make_train_step(config, model, tx, 1)
+  builders.make_train_step(config, model, tx, 1, 12)  # FLOP counting: N is enough

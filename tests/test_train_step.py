@@ -20,7 +20,8 @@ from tests.helpers import needs_cifar10, setup_training, tiny_config
 
 
 def _run(config, state, model, tx, split, devices, num_steps):
-  step_fn = builders.make_train_step(config, model, tx, total_steps=20)
+  step_fn = builders.make_train_step(config, model, tx, 20, split.num_examples,
+                                     labels=split.labels)
   # The step compiles once: a second trace (a changed shape, dtype or
   # sharding of the state between steps) fails the run.
   chex.clear_trace_counter()   # counts are kept per source line, across calls of _run

@@ -62,8 +62,14 @@ def supervised_step(state: TrainState, batch: dict, *, model, tx: optax.Gradient
 
 
 def make_step(ctx: steps.StepContext) -> steps.StepFn:
-  # Without labels (FLOP counting, the benchmarks) any labels give the same program.
-  labels = (np.zeros(max(ctx.num_examples, 1), np.int32) if ctx.labels is None
+  # Without labels (FLOP counting, the benchmarks) any labels give the same program,
+  # but the table must still cover every index: jnp.take fills an index past its
+  # end with INT_MIN, and the cross-entropy of that label is NaN, silently.
+  if ctx.labels is None and ctx.num_examples <= 0:
+    raise ValueError("the supervised method's step needs the training split's labels "
+                     "(make_train_step(..., num_examples, labels=split.labels)), or at least "
+                     "num_examples for a step that only counts FLOPs.")
+  labels = (np.zeros(ctx.num_examples, np.int32) if ctx.labels is None
             else np.asarray(ctx.labels, np.int32))
   if ctx.labels is not None and labels.size and (
       labels.min() < 0 or labels.max() >= int(ctx.config.model.embed_dim)):
