@@ -345,6 +345,7 @@ def _finish(loop: Loop, p_eval, test, num_classes: int, init_eval: dict, skipped
       "epochs": config.num_epochs,
       "devices": jax.device_count(),
       "platform": jax.devices()[0].platform,
+      "device": devices.describe(),  # the finishing machine's: CPU results vary by processor
       # Before step 1: against the embedded training split, or against the
       # calibrated bank with eval.knn_source="bank" (`knn_top1_bank_init`).
       **{f"{key}_init": value for key, value in init_eval.items()},

@@ -57,6 +57,8 @@ def test_the_imagenet_config_runs_two_steps_on_mock_imagenet(tmp_path):
   summary = json.loads(proc.stdout.split("SUMMARY ", 1)[1])
   assert summary["num_train_examples"] == 16 and summary["input_pipeline"] == "stream"
   assert summary["devices"] == 4 and summary["replicas_identical"]
+  # The machine, for sweeps whose records come from several (experiments/sweep/report.py).
+  assert summary["device"].startswith("4 x cpu (") and "cores)" in summary["device"]
   assert all(0.0 <= summary[k] <= 1.0 for k in ("knn_top1", "knn_top1_bank", "linear_top1"))
   metrics = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
   assert max(m["step"] for m in metrics) == 2

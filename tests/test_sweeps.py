@@ -199,6 +199,18 @@ def test_a_budget_counted_a_few_parts_per_million_apart_is_the_same_run():
   assert [d.split(":")[0] for d in sweep.config_differences(saved, wanted)] == ["train_flops"]
 
 
+def test_a_report_names_every_machine_its_runs_were_made_on():
+  from experiments.sweep import report
+  here, there = "1 x cpu (Intel Xeon, 2 cores)", "1 x cpu (AMD EPYC, 2 cores)"
+  assert report.device_line([{"device": here}] * 2, here) == here
+  assert report.device_line([{}, {}], here) == here   # summaries from before the field
+  assert (report.device_line([{"device": here}, {"device": there}, {"device": here}], here)
+          == f"{here} (2 runs); {there} (1 run)")
+  assert (report.device_line([{"device": here}, {}, {}], here)
+          == f"{here} (1 run); not recorded (2 runs)")
+  assert report.device_line([{"device": there}], here) == f"{there} (1 run)"
+
+
 def test_aggregate_gives_mean_and_spread_over_seeds():
   runs = [dict(_summary(0.30), seed=0, num_params={"backbone": 5, "total": 6}),
           dict(_summary(0.34), seed=1, num_params={"backbone": 5, "total": 6})]

@@ -63,6 +63,24 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
+def device_line(summaries: Sequence[dict], here: str) -> str:
+  """The machine the runs were made on: `here` when every run says so (or none says).
+
+  A sweep resumed from committed records may mix machines, and CPU results
+  differ by processor (`ssl_jax.devices.describe`); then each machine is
+  named with its count of runs, and runs from before summaries kept their
+  device are counted as not recorded.
+  """
+  counts: dict[str, int] = {}
+  for s in summaries:
+    key = s.get("device") or "not recorded"
+    counts[key] = counts.get(key, 0) + 1
+  if set(counts) <= {here, "not recorded"} and counts.get(here, 0) in (0, len(summaries)):
+    return here
+  return "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in
+                   sorted(counts.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1])))
+
+
 def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
              command: str) -> dict:
   """What every table states under it: command, device, data, model, schedule, seeds."""
@@ -74,7 +92,7 @@ def describe(config: ml_collections.ConfigDict, results: dict[str, list[dict]],
   base = config.base
   return {
       "preset": config.preset, "command": command,
-      "device": devices.describe(),
+      "device": device_line(finished, devices.describe()),
       "dataset": os.path.basename(first["dataset"]),
       "num_train_examples": first["num_train_examples"],
       "num_test_examples": first["num_test_examples"],
