@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Callable, Optional, Sequence
@@ -71,11 +72,8 @@ def device_line(summaries: Sequence[dict], here: str) -> str:
   named with its count of runs, and runs from before summaries kept their
   device are counted as not recorded.
   """
-  counts: dict[str, int] = {}
-  for s in summaries:
-    key = s.get("device") or "not recorded"
-    counts[key] = counts.get(key, 0) + 1
-  if set(counts) <= {here, "not recorded"} and counts.get(here, 0) in (0, len(summaries)):
+  counts = collections.Counter(s.get("device") or "not recorded" for s in summaries)
+  if set(counts) in ({here}, {"not recorded"}):
     return here
   return "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in
                    sorted(counts.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1])))
