@@ -75,7 +75,7 @@ def plot(config, rows: dict, results: dict, path: str) -> bool:
   if plt is None:
     return False
   fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-  x_of = {"params": lambda n: rows[n]["num_params"]["backbone"],
+  x_of = {"params": lambda n: rows[n]["num_params"]["backbone"] / 1e6,
           "flops": lambda n: results[n][0]["flops_per_image"] / 1e9}
   for m in config.methods:
     names = [n for b in config.backbones if (n := config_lib.variant_name(m, *b)) in rows]
@@ -91,7 +91,7 @@ def plot(config, rows: dict, results: dict, path: str) -> bool:
       for n, xv in zip(names, xs):
         ax.annotate(n.split("-", 1)[1], (xv, 100 * rows[n][metric].mean), fontsize=7)
   for (i, metric), (j, x) in ((a, b) for a in enumerate(("kNN", "linear"))
-                              for b in enumerate(("backbone parameters",
+                              for b in enumerate(("backbone parameters (millions)",
                                                   "GFLOP per image of the training step"))):
     axes[i, j].set_xlabel(x + " (every run: the same training FLOPs)")
     axes[i, j].set_ylabel(f"{metric} top-1 (%)")
