@@ -73,7 +73,7 @@ def device_line(summaries: Sequence[dict], here: str) -> str:
   device are counted as not recorded.
   """
   counts = collections.Counter(s.get("device") or "not recorded" for s in summaries)
-  if len(counts) <= 1 and set(counts) <= {here, "not recorded"}:  # one machine, or none recorded
+  if set(counts) in (set(), {here}, {"not recorded"}):  # no runs, all here, or none recorded
     return here
   return "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in
                    sorted(counts.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1])))
